@@ -1,0 +1,81 @@
+"""Experiment loggers (`logger=` group). The only module that talks to W&B."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .store import RECORDS_FILE
+
+
+class NullLogger:
+    """Logs nothing: metrics.json and records.jsonl in the run directory are the record."""
+
+    def start(self, config: dict[str, Any], out_dir: str | Path) -> None:
+        pass
+
+    def log_results(self, document: dict[str, Any], out_dir: str | Path) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def flatten_results(results: dict[str, Any]) -> dict[str, float]:
+    """{"task/condition/metric": value, ".../low", ".../high"} for W&B's summary and charts."""
+    flat: dict[str, float] = {}
+    for task, conditions in results.items():
+        for cond, metrics in conditions.items():
+            for metric, estimate in metrics.items():
+                key = f"{task}/{cond}/{metric}"
+                flat[key] = estimate["value"]
+                flat[f"{key}/low"] = estimate["low"]
+                flat[f"{key}/high"] = estimate["high"]
+    return flat
+
+
+class WandbLogger:
+    """Logs the config, every metric with its interval, and a per-sample table to W&B.
+
+    mode: "online", "offline" (writes under the run directory; `wandb sync` uploads it
+    later) or "disabled".
+    """
+
+    def __init__(self, project: str = "mibench", entity: str | None = None,
+                 name: str | None = None, mode: str = "offline",
+                 tags: list[str] | None = None) -> None:
+        if mode not in ("online", "offline", "disabled"):
+            raise ValueError(f"logger.mode={mode!r} must be online, offline or disabled")
+        self.project, self.entity, self.name, self.mode = project, entity, name, mode
+        self.tags = list(tags or [])
+        self._run = None
+
+    def start(self, config: dict[str, Any], out_dir: str | Path) -> None:
+        import wandb
+
+        self._run = wandb.init(project=self.project, entity=self.entity, name=self.name,
+                               mode=self.mode, tags=self.tags, config=config,
+                               dir=str(out_dir), reinit="finish_previous")
+
+    def log_results(self, document: dict[str, Any], out_dir: str | Path) -> None:
+        import wandb
+
+        flat = flatten_results(document["results"])
+        self._run.log(flat)
+        self._run.summary.update(flat)
+        records = Path(out_dir) / RECORDS_FILE
+        if records.exists():
+            columns = ["task", "condition", "sample_id", "prediction", "gold", "correct",
+                       "probs"]
+            table = wandb.Table(columns=columns)
+            for line in records.read_text().splitlines():
+                row = json.loads(line)
+                table.add_data(*(row[c] if c != "probs" else json.dumps(row[c])
+                                 for c in columns))
+            self._run.log({"records": table})
+
+    def finish(self) -> None:
+        if self._run is not None:
+            self._run.finish()
+            self._run = None

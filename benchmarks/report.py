@@ -1,0 +1,81 @@
+"""metrics.json and the printed table: what a run leaves behind for people and for tools."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from mibench import __version__
+
+from .runner import CLEAN, BenchmarkResult
+
+SCHEMA_VERSION = 1
+METRICS_FILE = "metrics.json"
+
+
+def git_sha() -> str | None:
+    """The suite's commit, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def config_hash(config: Any) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def metrics_document(result: BenchmarkResult, fingerprint: dict, config: Any) -> dict:
+    """Every number with its interval, and every input that changes a number."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "suite_version": __version__,
+        "git_sha": git_sha(),
+        "config_hash": config_hash(fingerprint),
+        **fingerprint,
+        "config": config,
+        "results": {
+            task: {cond: {k: e.to_json() for k, e in ms.items()} for cond, ms in conds.items()}
+            for task, conds in result.metrics.items()
+        },
+    }
+
+
+def write_metrics(document: dict, out_dir: str | Path) -> Path:
+    path = Path(out_dir) / METRICS_FILE
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    return path
+
+
+def _pct(estimate: dict | None, signed: bool = False) -> str:
+    if estimate is None:
+        return "-"
+    sign = "+" if signed else ""
+    value, low, high = (100 * estimate[k] + 0.0 for k in ("value", "low", "high"))  # no -0.0
+    return f"{value:{sign}.1f} [{low:{sign}.1f}, {high:{sign}.1f}]"
+
+
+def format_table(results: dict) -> str:
+    """A markdown table: accuracy, change vs clean, flip rate, JS divergence, with 95% CIs."""
+    header = ("| task | condition | n | accuracy % | change (points) | flip rate % "
+              "| JS div. (bits) |")
+    lines = [header, "|" + "---|" * 7]
+    for task, conditions in results.items():
+        for cond, m in conditions.items():
+            drop = m.get("drop")
+            change = None if drop is None else {
+                "value": -drop["value"], "low": -drop["high"], "high": -drop["low"]}
+            js = m.get("js_divergence")
+            js_text = "-" if js is None else (
+                f"{js['value']:.3f} [{js['low']:.3f}, {js['high']:.3f}]")
+            lines.append(
+                f"| {task} | {cond} | {m['accuracy']['n']} | {_pct(m['accuracy'])} | "
+                f"{'-' if cond == CLEAN else _pct(change, signed=True)} | "
+                f"{_pct(m.get('flip_rate'))} | {js_text} |"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""The Perturbation contract: a pure, seeded change of one modality of a sample."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from mibench.records import Modality, Sample
+
+
+class Perturbation(ABC):
+    """Returns a new sample with only `touches` changed; deterministic given the rng.
+
+    The runner hands `apply` an rng derived from (seed, task, condition, sample id) and refuses
+    to apply a perturbation to a task whose answer depends on the modality it touches.
+    """
+
+    name: str
+    version: int = 1
+    touches: Modality
+
+    @abstractmethod
+    def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        """The perturbed sample (a new object; `sample` is left as it was)."""
+
+    def describe(self) -> dict:
+        """What the results record about this perturbation: every parameter that sets a number."""
+        params = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return {"name": self.name, "version": self.version, "touches": self.touches,
+                "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "params": {k: v for k, v in params.items() if _is_plain(v)}}
+
+
+def _is_plain(value: object) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None), list, tuple, dict))

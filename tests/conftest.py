@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny real objects (a random tiny LLaVA saved to disk, in-memory tasks)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from mibench.models import toy_builder  # noqa: E402
+from mibench.models.hf import HFModelAdapter  # noqa: E402
+from mibench.prompts import ANSWER_INSTRUCTION  # noqa: E402
+from mibench.records import OPTION_LETTERS, Sample  # noqa: E402
+from mibench.tasks.base import Task  # noqa: E402
+
+WORDS = toy_builder.words_of(
+    ["USER: ASSISTANT:", ANSWER_INSTRUCTION, " ".join(OPTION_LETTERS),
+     "what shape is in the image ? what colour is it ? which letter ? x y",
+     "square circle triangle red green blue anna has a box ."]
+)
+
+
+class ListTask(Task):
+    """A task over a fixed list of samples."""
+
+    def __init__(self, name: str, category: str, samples: list[Sample]) -> None:
+        self.name, self.category, self._samples = name, category, samples
+
+    def samples(self) -> list[Sample]:
+        return list(self._samples)
+
+
+def make_image(seed: int, size: int = 32) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+
+
+def image_heavy_samples(n: int) -> list[Sample]:
+    shapes = ("square", "circle", "triangle")
+    return [Sample(id=f"ih-{i}", question="what shape is in the image ?" + " ?" * (i % 4),
+                   options=shapes[: 2 + i % 2], answer=i % 2, category="image_heavy",
+                   image=make_image(i)) for i in range(n)]
+
+
+def text_heavy_samples(n: int) -> list[Sample]:
+    colours = ("red", "green", "blue")
+    return [Sample(id=f"th-{i}", question="anna has a box ." * (1 + i % 3) + " what colour ?",
+                   options=colours, answer=i % 3, category="text_heavy") for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A random tiny LLaVA with a real processor, saved like a hub checkpoint."""
+    path = tmp_path_factory.mktemp("tiny-llava")
+    processor = toy_builder.build_processor(WORDS)
+    model = toy_builder.build_model(processor, seed=0)
+    processor.save_pretrained(path)
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_checkpoint) -> HFModelAdapter:
+    return HFModelAdapter.from_pretrained(tiny_checkpoint, name="tiny", device="cpu")

@@ -1,0 +1,110 @@
+"""Contract and property tests for every perturbation config in conf/perturbation."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ListTask, image_heavy_samples, make_image, text_heavy_samples
+from hydra.utils import instantiate
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+import mibench.conf
+from mibench.perturbations.base import Perturbation
+from mibench.perturbations.image import SwitchedImage
+from mibench.perturbations.text import MisleadingText
+from mibench.records import Sample
+from mibench.runner import applies_to, check_untouched
+from mibench.seeding import rng_for
+
+CONF = Path(mibench.conf.__file__).parent / "perturbation"
+YAMLS = sorted(CONF.glob("*.yaml"))
+
+
+def load(path: Path) -> Perturbation:
+    return instantiate(OmegaConf.load(path))
+
+
+def target_samples(perturbation: Perturbation) -> list[Sample]:
+    """Samples of the category this perturbation is meant for."""
+    return image_heavy_samples(6) if perturbation.touches == "text" else text_heavy_samples(6)
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
+def test_config_contract(path):
+    perturbation = load(path)
+    assert isinstance(perturbation, Perturbation)
+    assert perturbation.name == path.stem
+    samples = target_samples(perturbation)
+    task = ListTask("t", samples[0].category, samples)
+    assert applies_to(perturbation, task)
+    for sample in samples:
+        a = perturbation.apply(sample, rng_for(0, sample.id))
+        b = perturbation.apply(sample, rng_for(0, sample.id))
+        check_untouched(sample, a, perturbation)
+        assert (a.question, a.distractor, a.options) == (b.question, b.distractor, b.options)
+        if a.image is not None:
+            assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        assert (a.image is not sample.image) or (a.distractor != sample.distractor)
+    assert perturbation.describe()["name"] == path.stem
+
+
+sample_text = st.text(alphabet="abcdefg ?.", min_size=1, max_size=40)
+
+
+@st.composite
+def samples(draw, category):
+    n = draw(st.integers(2, 6))
+    options = tuple(f"opt{i}" for i in range(n))
+    image = make_image(draw(st.integers(0, 10**6)), 8) if category == "image_heavy" else None
+    return Sample(id=draw(st.text("xyz0123456789", min_size=1, max_size=8)),
+                  question=draw(sample_text), options=options,
+                  answer=draw(st.integers(0, n - 1)), category=category, image=image)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sample=samples("image_heavy"), seed=st.integers(0, 2**32))
+def test_text_perturbations_never_touch_the_image_or_label(sample, seed):
+    for path in YAMLS:
+        perturbation = load(path)
+        if perturbation.touches != "text":
+            continue
+        out = perturbation.apply(sample, rng_for(seed, sample.id))
+        check_untouched(sample, out, perturbation)
+        assert out.image is sample.image and out.question == sample.question
+
+
+@settings(max_examples=60, deadline=None)
+@given(sample=samples("text_heavy"), seed=st.integers(0, 2**32))
+def test_image_perturbations_never_touch_the_text_or_label(sample, seed):
+    for path in YAMLS:
+        perturbation = load(path)
+        if perturbation.touches != "image":
+            continue
+        out = perturbation.apply(sample, rng_for(seed, sample.id))
+        check_untouched(sample, out, perturbation)
+        assert out.image is not None and out.distractor == sample.distractor
+
+
+@settings(max_examples=60, deadline=None)
+@given(sample=samples("image_heavy"), seed=st.integers(0, 2**32))
+def test_misleading_text_names_a_wrong_option(sample, seed):
+    out = MisleadingText().apply(sample, rng_for(seed))
+    lure = out.meta["lure"]
+    assert lure != sample.answer
+    assert f"describe a {sample.options[lure]}." in out.distractor
+
+
+def test_switched_image_shows_a_wrong_option_when_a_donor_has_one():
+    donors = ListTask("donors", "image_heavy", [
+        Sample(id=f"d{i}", question="what colour ?", options=("red", "green", "blue"),
+               answer=i % 3, category="image_heavy", image=make_image(i)) for i in range(9)])
+    switched = SwitchedImage(donors)
+    for sample in text_heavy_samples(12):
+        out = switched.apply(sample, rng_for(0, sample.id))
+        lure = out.meta["lure"]
+        assert lure != sample.answer
+        donor = next(d for d in donors.samples() if d.id == out.meta["donor"])
+        assert donor.options[donor.answer] == sample.options[lure]
+        assert out.image is donor.image
