@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -10,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mibench.models.base import ModelAdapter
-from mibench.perturbations.base import Perturbation
+from mibench.perturbations.base import Attack, Perturbation
 from mibench.prompts import ANSWER_INSTRUCTION
 from mibench.tasks.base import Task
 
@@ -48,11 +50,12 @@ def build_plugins(cfg: DictConfig) -> tuple[dict[str, Task], dict[str, Perturbat
                          "(task=toy_image_heavy)")
     tasks = {name: instantiate(c) for name, c in task_cfgs.items()}
     conditions = {name: instantiate(c) for name, c in cond_cfgs.items()}
-    for kind, plugins, base in (("task", tasks, Task), ("perturbation", conditions, Perturbation)):
+    for kind, plugins, bases in (("task", tasks, (Task,)),
+                                 ("perturbation", conditions, (Perturbation, Attack))):
         for name, plugin in plugins.items():
-            if not isinstance(plugin, base):
+            if not isinstance(plugin, bases):
                 raise TypeError(f"{kind} {name!r}: _target_ built a {type(plugin).__name__}, "
-                                f"not a {base.__name__}")
+                                f"not a {' or '.join(b.__name__ for b in bases)}")
             if plugin.name != name:
                 raise ValueError(f"{kind} {name!r}: its config names it {plugin.name!r}; "
                                  "the two must agree")
@@ -60,7 +63,7 @@ def build_plugins(cfg: DictConfig) -> tuple[dict[str, Task], dict[str, Perturbat
 
 
 def fingerprint(model: ModelAdapter, tasks: dict[str, Task],
-                conditions: dict[str, Perturbation], seed: int) -> dict:
+                conditions: dict[str, Perturbation | Attack], seed: int) -> dict:
     """Every input that changes a number (not batch size, device or process count)."""
     model_info = {k: v for k, v in model.describe().items() if k != "device"}
     return {
@@ -98,8 +101,20 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="pkg://mibench.conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def benchmark_app(cfg: DictConfig) -> None:
     run(cfg)
+
+
+# `mibench NAME args...`: plain tools beside the Hydra app, as "module:function(argv)".
+SUBCOMMANDS: dict[str, str] = {}
+
+
+def main() -> None:
+    """`mibench [hydra overrides]` runs a benchmark; `mibench NAME ...` runs a subcommand."""
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        module, function = SUBCOMMANDS[sys.argv[1]].split(":")
+        sys.exit(getattr(importlib.import_module(module), function)(sys.argv[2:]))
+    benchmark_app()
 
 
 if __name__ == "__main__":

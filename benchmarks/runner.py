@@ -9,19 +9,20 @@ as soon as it exists.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from mibench.models.base import ModelAdapter
-from mibench.perturbations.base import Perturbation
+from mibench.perturbations.base import Attack, Perturbation
 from mibench.records import RELEVANT_MODALITIES, Record, Sample
 from mibench.tasks.base import Task
 
 from . import scoring
-from .seeding import rng_for
+from .seeding import rng_for, stable_seed
 from .store import RecordStore
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,11 @@ class BenchmarkResult:
     out_dir: Path | None = None
 
 
-def applies_to(perturbation: Perturbation, task: Task) -> bool:
+Condition = Perturbation | Attack
+Scorer = Callable[[Sequence[Sample]], list[np.ndarray]]
+
+
+def applies_to(perturbation: Condition, task: Task) -> bool:
     """A perturbation applies where the modality it touches is irrelevant to the answer."""
     return perturbation.touches not in RELEVANT_MODALITIES[task.category]
 
@@ -89,8 +94,13 @@ def perturb_all(samples: Sequence[Sample], perturbation: Perturbation, seed: int
 
 
 def score_condition(model: ModelAdapter, samples: Sequence[Sample], task: str, condition: str,
-                    store: RecordStore, batch_size: int, progress: bool = True) -> None:
-    """Score the samples not yet in the store, storing each batch as it finishes."""
+                    store: RecordStore, batch_size: int, progress: bool = True,
+                    scorer: Scorer | None = None) -> None:
+    """Score the samples not yet in the store, storing each batch as it finishes.
+
+    `scorer` defaults to the model's clean option probabilities; an attack passes its own.
+    """
+    scorer = scorer or model.option_probs
     todo = [s for s in samples if (task, condition, s.id) not in store]
     if not todo:
         return
@@ -99,7 +109,7 @@ def score_condition(model: ModelAdapter, samples: Sequence[Sample], task: str, c
                disable=not progress, leave=False)
     for batch in batch_plan(todo, lengths, batch_size):
         chunk = [todo[i] for i in batch]
-        probs = model.option_probs(chunk)
+        probs = scorer(chunk)
         store.append(
             Record(task=task, condition=condition, sample_id=s.id,
                    probs=tuple(float(x) for x in p), prediction=int(p.argmax()),
@@ -113,7 +123,7 @@ def score_condition(model: ModelAdapter, samples: Sequence[Sample], task: str, c
 def run_benchmark(
     model: ModelAdapter,
     tasks: Mapping[str, Task],
-    perturbations: Mapping[str, Perturbation],
+    perturbations: Mapping[str, Condition],
     out_dir: str | Path,
     *,
     batch_size: int = 16,
@@ -149,12 +159,24 @@ def run_benchmark(
         for name, perturbation in perturbations.items():
             if name in skipped:
                 continue
-            perturbed = perturb_all(samples, perturbation, seed, task_name)
-            score_condition(model, perturbed, task_name, name, store, batch_size, progress)
+            if isinstance(perturbation, Attack):
+                score_condition(model, samples, task_name, name, store, batch_size, progress,
+                                scorer=_attack_scorer(perturbation, model, seed, task_name))
+            else:
+                perturbed = perturb_all(samples, perturbation, seed, task_name)
+                score_condition(model, perturbed, task_name, name, store, batch_size, progress)
             metrics[task_name][name] = scoring.condition_metrics(
                 clean, store.records(task_name, name), seed=seed)
             conditions[task_name].append(name)
     return BenchmarkResult(metrics=metrics, conditions=conditions, out_dir=Path(out_dir))
+
+
+def _attack_scorer(attack: Attack, model: ModelAdapter, seed: int, task: str) -> Scorer:
+    """Scores a batch under attack, each sample seeded by its own id."""
+    def score(chunk: Sequence[Sample]) -> list[np.ndarray]:
+        seeds = [stable_seed(seed, task, attack.name, s.id) for s in chunk]
+        return attack.attack(model, chunk, seeds)
+    return score
 
 
 def _check_unique_ids(samples: Sequence[Sample], task: str) -> None:

@@ -1,5 +1,5 @@
 """Perturbations: change exactly one modality of a sample. One module + one YAML each."""
 
-from .base import Perturbation
+from .base import Attack, Perturbation
 
-__all__ = ["Perturbation"]
+__all__ = ["Attack", "Perturbation"]

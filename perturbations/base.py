@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,3 +36,24 @@ class Perturbation(ABC):
 
 def _is_plain(value: object) -> bool:
     return isinstance(value, (str, int, float, bool, type(None), list, tuple, dict))
+
+
+class Attack(ABC):
+    """An adversarial condition: it needs the model, so it scores samples itself.
+
+    The threat model (norm, eps, step size, steps, restarts) lives in the constructor and in
+    `describe()`. `attack` gets one seed per sample (from seed, task, condition and sample id)
+    so a sample's result does not depend on the batch it lands in.
+    """
+
+    name: str
+    version: int = 1
+    touches: Modality
+
+    @abstractmethod
+    def attack(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
+               ) -> list[np.ndarray]:
+        """Per sample, the option distribution under the strongest perturbation found."""
+
+    def describe(self) -> dict:
+        return Perturbation.describe(self)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 import mibench.conf
-from mibench.perturbations.base import Perturbation
+from mibench.perturbations.base import Attack, Perturbation
 from mibench.perturbations.image import SwitchedImage
 from mibench.perturbations.text import MisleadingText
 from mibench.records import Sample
@@ -19,11 +19,14 @@ from mibench.runner import applies_to, check_untouched
 from mibench.seeding import rng_for
 
 CONF = Path(mibench.conf.__file__).parent / "perturbation"
-YAMLS = sorted(CONF.glob("*.yaml"))
 
 
-def load(path: Path) -> Perturbation:
+def load(path: Path) -> Perturbation | Attack:
     return instantiate(OmegaConf.load(path))
+
+
+# Heuristic (model-free) perturbations; attacks have tests of their own.
+YAMLS = [p for p in sorted(CONF.glob("*.yaml")) if not isinstance(load(p), Attack)]
 
 
 def target_samples(perturbation: Perturbation) -> list[Sample]:
