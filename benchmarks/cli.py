@@ -16,7 +16,10 @@ from mibench.perturbations.base import Attack, Perturbation
 from mibench.prompts import ANSWER_INSTRUCTION
 from mibench.tasks.base import Task
 
-from .report import format_table, metrics_document, write_metrics
+from . import distributed
+from .loggers import NullLogger
+from .plots import accuracy_bars
+from .report import config_hash, format_table, metrics_document, write_metrics
 from .runner import run_benchmark
 
 log = logging.getLogger("mibench")
@@ -30,8 +33,25 @@ def asset_path(name: str) -> str:
     return str(Path(mibench.models.__file__).parent / name)
 
 
-if not OmegaConf.has_resolver("mibench_asset"):
-    OmegaConf.register_new_resolver("mibench_asset", asset_path)
+# What a run's results depend on; the rest (batch size, logger, progress) changes no number.
+RUN_KEYS = ("model", "grid", "task", "perturbation", "seed", "data_root")
+
+
+def run_id(*, _root_: DictConfig) -> str:
+    """A directory name fixed by the config: re-running a command resumes its run."""
+    parts = {k: OmegaConf.to_container(_root_[k], resolve=True) if isinstance(
+        _root_.get(k), DictConfig) else _root_.get(k) for k in RUN_KEYS}
+    model = _root_.model.get("name") or str(_root_.model.get("path", "model")).rstrip("/")
+    what = (_root_.get("task") or {}).get("name") or (_root_.get("grid") or {}).get("name")
+    condition = (_root_.get("perturbation") or {}).get("name")
+    digest = config_hash(parts)[:10]
+    return "-".join(str(p).replace("/", "_")
+                    for p in (model.split("/")[-1], what, condition, digest) if p)
+
+
+for _name, _resolver in (("mibench_asset", asset_path), ("mibench_run_id", run_id)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 def _named(configs: DictConfig | None) -> dict[str, DictConfig]:
@@ -75,12 +95,20 @@ def fingerprint(model: ModelAdapter, tasks: dict[str, Task],
     }
 
 
-def run(cfg: DictConfig) -> dict:
-    """Run the configured grid and write records.jsonl, metrics.json and the table."""
+def run(cfg: DictConfig) -> dict | None:
+    """Run the configured grid and write records.jsonl, metrics.json and the table.
+
+    Under `accelerate launch` every process runs this; only the main one writes and logs
+    (and returns the metrics document).
+    """
     out_dir = Path(cfg.out_dir)
+    processes = distributed.current()
     tasks, conditions = build_plugins(cfg)
-    model: ModelAdapter = instantiate(cfg.model)
-    logger = instantiate(cfg.logger)
+    model_cfg = cfg.model
+    if model_cfg.get("device") == "auto":  # one device per process under accelerate launch
+        model_cfg = OmegaConf.merge(model_cfg, {"device": processes.device})
+    model: ModelAdapter = instantiate(model_cfg)
+    logger = instantiate(cfg.logger) if processes.is_main else NullLogger()
     config = OmegaConf.to_container(cfg, resolve=True)
     logger.start(config, out_dir)
     try:
@@ -88,12 +116,16 @@ def run(cfg: DictConfig) -> dict:
         result = run_benchmark(model, tasks, conditions, out_dir, batch_size=int(cfg.batch_size),
                                seed=int(cfg.seed), fingerprint=prints,
                                progress=bool(cfg.progress))
+        if result is None:
+            return None
         document = metrics_document(result, prints, config)
         path = write_metrics(document, out_dir)
         table = format_table(document["results"])
         (out_dir / "table.md").write_text(table + "\n")
+        accuracy_bars(document["results"], out_dir / "accuracy.png")
         print(table)
-        print(f"\nrecords, metrics and table in {out_dir} ({path.name})")
+        print(f"\nrecords, metrics and table in {out_dir} ({path.name}); "
+              f"scored by {result.processes} process(es)")
         logger.log_results(document, out_dir)
     finally:
         logger.finish()
@@ -106,7 +138,12 @@ def benchmark_app(cfg: DictConfig) -> None:
 
 
 # `mibench NAME args...`: plain tools beside the Hydra app, as "module:function(argv)".
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "submit": "mibench.submission:submit_main",
+    "validate": "mibench.submission:validate_main",
+    "leaderboard": "mibench.leaderboard:leaderboard_main",
+    "compare": "mibench.compare:compare_main",
+}
 
 
 def main() -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from .store import RECORDS_FILE
+
+log = logging.getLogger(__name__)
 
 
 class NullLogger:
@@ -54,9 +57,17 @@ class WandbLogger:
     def start(self, config: dict[str, Any], out_dir: str | Path) -> None:
         import wandb
 
-        self._run = wandb.init(project=self.project, entity=self.entity, name=self.name,
-                               mode=self.mode, tags=self.tags, config=config,
-                               dir=str(out_dir), reinit="finish_previous")
+        init = {"project": self.project, "entity": self.entity, "name": self.name,
+                "tags": self.tags, "config": config, "dir": str(out_dir),
+                "reinit": "finish_previous"}
+        try:
+            self._run = wandb.init(mode=self.mode, **init)
+        except Exception as err:  # no network or no login: the benchmark must still run
+            if self.mode != "online":
+                raise
+            log.warning("W&B online logging failed (%s); logging offline under %s instead "
+                        "(upload later with `wandb sync`)", err, out_dir)
+            self._run = wandb.init(mode="offline", **init)
 
     def log_results(self, document: dict[str, Any], out_dir: str | Path) -> None:
         import wandb
@@ -64,6 +75,8 @@ class WandbLogger:
         flat = flatten_results(document["results"])
         self._run.log(flat)
         self._run.summary.update(flat)
+        for figure in sorted(Path(out_dir).glob("*.png")):
+            self._run.log({f"plots/{figure.stem}": wandb.Image(str(figure))})
         records = Path(out_dir) / RECORDS_FILE
         if records.exists():
             columns = ["task", "condition", "sample_id", "prediction", "gold", "correct",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,10 @@ from mibench.perturbations.base import Attack, Perturbation
 from mibench.records import RELEVANT_MODALITIES, Record, Sample
 from mibench.tasks.base import Task
 
-from . import scoring
+from . import distributed, scoring
+from .distributed import Processes, my_share
 from .seeding import rng_for, stable_seed
-from .store import RecordStore
+from .store import RecordStore, check_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class BenchmarkResult:
     metrics: dict[str, dict[str, dict[str, scoring.Estimate]]]
     conditions: dict[str, list[str]] = field(default_factory=dict)
     out_dir: Path | None = None
+    processes: int = 1
 
 
 Condition = Perturbation | Attack
@@ -94,21 +97,24 @@ def perturb_all(samples: Sequence[Sample], perturbation: Perturbation, seed: int
 
 
 def score_condition(model: ModelAdapter, samples: Sequence[Sample], task: str, condition: str,
-                    store: RecordStore, batch_size: int, progress: bool = True,
-                    scorer: Scorer | None = None) -> None:
-    """Score the samples not yet in the store, storing each batch as it finishes.
+                    store: RecordStore, batch_size: int, processes: Processes,
+                    progress: bool = True, scorer: Scorer | None = None) -> None:
+    """Score this process's share of the batch plan, storing each batch as it finishes.
 
+    The plan covers all samples, done or not, so a batch always holds the same samples: a
+    resumed run recomputes an unfinished batch whole and stores only its missing records.
     `scorer` defaults to the model's clean option probabilities; an attack passes its own.
     """
     scorer = scorer or model.option_probs
-    todo = [s for s in samples if (task, condition, s.id) not in store]
+    lengths = [model.prompt_length(s) for s in samples]
+    batches = my_share(batch_plan(samples, lengths, batch_size), processes)
+    todo = [b for b in batches if any((task, condition, samples[i].id) not in store for i in b)]
     if not todo:
         return
-    lengths = [model.prompt_length(s) for s in todo]
-    bar = tqdm(total=len(todo), desc=f"{task}/{condition}", unit="sample",
-               disable=not progress, leave=False)
-    for batch in batch_plan(todo, lengths, batch_size):
-        chunk = [todo[i] for i in batch]
+    bar = tqdm(total=sum(map(len, todo)), desc=f"{task}/{condition}", unit="sample",
+               disable=not (progress and processes.is_main), leave=False)
+    for batch in todo:
+        chunk = [samples[i] for i in batch]
         probs = scorer(chunk)
         store.append(
             Record(task=task, condition=condition, sample_id=s.id,
@@ -130,8 +136,12 @@ def run_benchmark(
     seed: int = 0,
     fingerprint: dict | None = None,
     progress: bool = True,
-) -> BenchmarkResult:
-    """Score clean and every applicable condition of every task; return metrics with CIs."""
+) -> BenchmarkResult | None:
+    """Score clean and every applicable condition of every task; return metrics with CIs.
+
+    Under `accelerate launch` every process scores its share; the main process gathers the
+    records, writes records.jsonl and returns the result, the others return None.
+    """
     for name, perturbation in perturbations.items():
         if perturbation.name != name:
             raise ValueError(f"condition {name!r} holds perturbation named "
@@ -142,33 +152,49 @@ def run_benchmark(
             raise ValueError(
                 f"perturbation {name!r} touches the {perturbation.touches} modality, which "
                 f"every task here ({', '.join(tasks)}) needs to answer; nothing to measure")
-    store = RecordStore(out_dir, fingerprint or {})
-    metrics: dict[str, dict[str, dict[str, scoring.Estimate]]] = {}
+    processes = distributed.current()
+    if processes.is_main:
+        check_fingerprint(out_dir, fingerprint or {}, write=True)
+    distributed.barrier(processes)
+    check_fingerprint(out_dir, fingerprint or {}, write=False)
+    store = RecordStore(out_dir, rank=processes.index)
+    distributed.barrier(processes)  # every process has read the shards before any appends
+
     conditions: dict[str, list[str]] = {}
     for task_name, task in tasks.items():
         samples = task.samples()
         _check_unique_ids(samples, task_name)
-        score_condition(model, samples, task_name, CLEAN, store, batch_size, progress)
-        clean = store.records(task_name, CLEAN)
-        metrics[task_name] = {CLEAN: scoring.clean_metrics(clean)}
+        score = partial(score_condition, model, task=task_name, store=store,
+                        batch_size=batch_size, processes=processes, progress=progress)
+        score(samples, condition=CLEAN)
         conditions[task_name] = [CLEAN]
         skipped = [n for n, p in perturbations.items() if not applies_to(p, task)]
-        if skipped:
+        if skipped and processes.is_main:
             log.info("%s (%s): not applied, they touch a modality its answer needs: %s",
                      task_name, task.category, ", ".join(skipped))
         for name, perturbation in perturbations.items():
             if name in skipped:
                 continue
             if isinstance(perturbation, Attack):
-                score_condition(model, samples, task_name, name, store, batch_size, progress,
-                                scorer=_attack_scorer(perturbation, model, seed, task_name))
+                score(samples, condition=name,
+                      scorer=_attack_scorer(perturbation, model, seed, task_name))
             else:
-                perturbed = perturb_all(samples, perturbation, seed, task_name)
-                score_condition(model, perturbed, task_name, name, store, batch_size, progress)
+                score(perturb_all(samples, perturbation, seed, task_name), condition=name)
+            conditions[task_name].append(name)
+
+    gathered = distributed.gather(store.new, processes)
+    if not processes.is_main:
+        return None
+    store.merge(gathered)
+    metrics: dict[str, dict[str, dict[str, scoring.Estimate]]] = {}
+    for task_name, names in conditions.items():
+        clean = store.records(task_name, CLEAN)
+        metrics[task_name] = {CLEAN: scoring.clean_metrics(clean)}
+        for name in names[1:]:
             metrics[task_name][name] = scoring.condition_metrics(
                 clean, store.records(task_name, name), seed=seed)
-            conditions[task_name].append(name)
-    return BenchmarkResult(metrics=metrics, conditions=conditions, out_dir=Path(out_dir))
+    return BenchmarkResult(metrics=metrics, conditions=conditions, out_dir=Path(out_dir),
+                           processes=processes.count)
 
 
 def _attack_scorer(attack: Attack, model: ModelAdapter, seed: int, task: str) -> Scorer:

@@ -1,4 +1,9 @@
-"""Per-sample records on disk: appended and flushed as they are computed, resumable."""
+"""Per-sample records on disk: appended and flushed as they are computed, resumable.
+
+Each process appends to its own shard (`shards/rank-N.jsonl`) as batches finish; at the end
+the main process merges everything into `records.jsonl`. A re-run in the same directory
+loads the merged file and every shard, and scores only what is missing.
+"""
 
 from __future__ import annotations
 
@@ -11,73 +16,96 @@ from .records import Record
 
 RECORDS_FILE = "records.jsonl"
 FINGERPRINT_FILE = "fingerprint.json"
+SHARDS_DIR = "shards"
 
 
 class ResumeMismatchError(RuntimeError):
     """An output directory holds records of a differently configured run."""
 
 
-class RecordStore:
-    """Append-only JSONL of records in `out_dir`, keyed by (task, condition, sample id).
+def check_fingerprint(out_dir: str | Path, fingerprint: dict, write: bool) -> None:
+    """Refuse a directory whose records came from another configuration.
 
-    A store opened on a directory that already holds records resumes it, but only if the
-    run's fingerprint (everything that changes a number) is the one the records came from.
+    `write` (the main process only) records the fingerprint of a new directory.
     """
+    path = Path(out_dir) / FINGERPRINT_FILE
+    canonical = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != canonical:
+            changed = sorted(k for k in set(stored) | set(canonical)
+                             if stored.get(k) != canonical.get(k))
+            raise ResumeMismatchError(
+                f"{out_dir} holds records of a run configured differently "
+                f"(changed: {', '.join(changed)}); use a new output directory "
+                f"(hydra.run.dir=...) rather than mixing results")
+    elif write:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(canonical, indent=2, sort_keys=True) + "\n")
 
-    def __init__(self, out_dir: str | Path, fingerprint: dict) -> None:
+
+def read_records(path: Path, repair: bool = False) -> list[Record]:
+    """Records of a JSONL file; a last line cut short by a crash is dropped (and cut if
+    `repair`), any other unreadable line is an error naming the file and line."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(Record.from_json(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            if number == len(lines):
+                if repair:
+                    path.write_text("".join(f"{kept}\n" for kept in lines[:-1]))
+                break
+            raise ValueError(f"{path}:{number}: unreadable record ({err})") from err
+    return records
+
+
+class RecordStore:
+    """The records of one output directory, keyed by (task, condition, sample id)."""
+
+    def __init__(self, out_dir: str | Path, rank: int = 0) -> None:
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.out_dir / RECORDS_FILE
-        self._check_fingerprint(fingerprint)
+        self.shard = self.out_dir / SHARDS_DIR / f"rank-{rank}.jsonl"
+        self.shard.parent.mkdir(parents=True, exist_ok=True)
         self._records: dict[tuple[str, str, str], Record] = {}
-        if self.path.exists():
-            self._load()
+        self.new: list[Record] = []  # computed by this process in this run
+        self._add(read_records(self.out_dir / RECORDS_FILE))
+        for shard in sorted(self.shard.parent.glob("rank-*.jsonl")):
+            self._add(read_records(shard, repair=shard == self.shard))
 
-    def _check_fingerprint(self, fingerprint: dict) -> None:
-        path = self.out_dir / FINGERPRINT_FILE
-        canonical = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
-        if path.exists():
-            stored = json.loads(path.read_text())
-            if stored != canonical:
-                changed = sorted(k for k in set(stored) | set(canonical)
-                                 if stored.get(k) != canonical.get(k))
-                raise ResumeMismatchError(
-                    f"{self.out_dir} holds records of a run configured differently "
-                    f"(changed: {', '.join(changed)}); use a new output directory "
-                    f"(hydra.run.dir=...) rather than mixing results"
-                )
-        else:
-            path.write_text(json.dumps(canonical, indent=2, sort_keys=True) + "\n")
-
-    def _load(self) -> None:
-        lines = self.path.read_text().splitlines()
-        for number, line in enumerate(lines, 1):
-            try:
-                record = Record.from_json(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                if number == len(lines):  # a line cut short by a crash: recompute it
-                    self._truncate_to(lines[:-1])
-                    break
-                raise ValueError(f"{self.path}:{number}: unreadable record ({err})") from err
-            self._records[record.key] = record
-
-    def _truncate_to(self, lines: list[str]) -> None:
-        self.path.write_text("".join(line + "\n" for line in lines))
+    def _add(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self._records.setdefault(record.key, record)
 
     def __contains__(self, key: tuple[str, str, str]) -> bool:
         return key in self._records
 
     def append(self, records: Iterable[Record]) -> None:
-        """Write records and flush them to disk before returning."""
+        """Write records to this process's shard and flush them to disk before returning."""
         new = [r for r in records if r.key not in self._records]
         if not new:
             return
-        with self.path.open("a") as handle:
-            for record in new:
-                handle.write(json.dumps(record.to_json()) + "\n")
+        with self.shard.open("a") as handle:
+            handle.writelines(json.dumps(r.to_json()) + "\n" for r in new)
             handle.flush()
             os.fsync(handle.fileno())
-        self._records.update((r.key, r) for r in new)
+        self._add(new)
+        self.new.extend(new)
+
+    def merge(self, records: Iterable[Record]) -> Path:
+        """Main process: add other processes' records, write records.jsonl, drop the shards."""
+        self._add(records)
+        path = self.out_dir / RECORDS_FILE
+        tmp = path.with_suffix(".jsonl.tmp")
+        ordered = sorted(self._records.values(), key=lambda r: r.key)
+        tmp.write_text("".join(json.dumps(r.to_json()) + "\n" for r in ordered))
+        os.replace(tmp, path)
+        for shard in self.shard.parent.glob("rank-*.jsonl"):
+            shard.unlink()
+        return path
 
     def records(self, task: str, condition: str) -> list[Record]:
         """The stored records of one (task, condition), in sample-id order."""

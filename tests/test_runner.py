@@ -22,7 +22,9 @@ def grid():
 
 
 def read_records(out_dir):
-    rows = [json.loads(line) for line in (out_dir / "records.jsonl").read_text().splitlines()]
+    """Merged records, or the shards a failed run left behind."""
+    files = [out_dir / "records.jsonl", *sorted((out_dir / "shards").glob("*.jsonl"))]
+    rows = [json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines()]
     return {(r["task"], r["condition"], r["sample_id"]): r for r in rows}
 
 
@@ -54,12 +56,16 @@ def test_rerun_resumes_without_recomputing(tiny_adapter, tmp_path):
     tasks, conditions = grid()
     first = run_benchmark(tiny_adapter, tasks, conditions, tmp_path, seed=1, progress=False,
                           fingerprint={"seed": 1})
-    lines = (tmp_path / "records.jsonl").read_text().splitlines()
-    (tmp_path / "records.jsonl").write_text("\n".join(lines[:10]) + "\n" + lines[10][:15])
+    merged = tmp_path / "records.jsonl"
+    lines = merged.read_text().splitlines()
+    # as a crash leaves it: no merged file, a shard with 10 records and a line cut short
+    merged.unlink()
+    (tmp_path / "shards" / "rank-0.jsonl").write_text("\n".join(lines[:10]) + "\n" + lines[10][:15])
     second = run_benchmark(tiny_adapter, tasks, conditions, tmp_path, seed=1, progress=False,
                            fingerprint={"seed": 1})
     assert second.metrics == first.metrics
-    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == len(lines)
+    assert merged.read_text().splitlines() == lines
+    assert not list((tmp_path / "shards").glob("*.jsonl"))
     with pytest.raises(ResumeMismatchError, match="changed: seed"):
         run_benchmark(tiny_adapter, tasks, conditions, tmp_path, seed=2, progress=False,
                       fingerprint={"seed": 2})

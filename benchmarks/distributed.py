@@ -1,0 +1,53 @@
+"""The only module that talks to Accelerate: who am I, which batches are mine, gather.
+
+Work is split by whole batches of one global batch plan, so every sample is computed in the
+same batch whatever the number of processes: records are bit-identical for 1 or N processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the processes `accelerate launch` started (1 without it)."""
+
+    index: int
+    count: int
+    device: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+
+def current() -> Processes:
+    # Without a GPU, processes started by `accelerate launch --multi_gpu` or torchrun talk
+    # over gloo on the CPU (Accelerate only does this when asked for the CPU).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return Processes(index=state.process_index, count=state.num_processes,
+                     device=str(state.device))
+
+
+def my_share(items: Sequence[T], processes: Processes) -> list[T]:
+    """Round-robin share: batches are sorted by length, so shares cost about the same."""
+    return list(items[processes.index::processes.count])
+
+
+def gather(items: list[T], processes: Processes) -> list[T]:
+    """Every process's items, on every process (a no-op for one process)."""
+    return list(gather_object(items)) if processes.count > 1 else items
+
+
+def barrier(processes: Processes) -> None:
+    if processes.count > 1:
+        PartialState().wait_for_everyone()

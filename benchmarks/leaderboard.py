@@ -1,0 +1,406 @@
+"""The leaderboard: accepted submissions ranked by one headline number, as markdown and HTML.
+
+The interference score is the mean flip rate over a benchmark's heuristic (task, condition)
+cells: the share of answers that change when only the modality the question does not need is
+perturbed. Lower is better. A model that ignores its inputs altogether would flip nothing, so a
+model is ranked only if its clean accuracy on every task is above chance, and clean accuracy is
+shown beside the score. Submissions are grouped by benchmark: only the same tasks, threat
+models, prompt and seed give comparable numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .report import format_table
+from .runner import CLEAN
+from .submission import SUBMISSION_FILE, Submission, SubmissionError, load_submission
+
+MARKDOWN_FILE = "LEADERBOARD.md"
+HTML_FILE = "leaderboard.html"
+SCORE_DEFINITION = (
+    "**Interference score** (lower is better): the mean flip rate over the benchmark's "
+    "heuristic cells, i.e. over every (task, condition) pair where a model-free perturbation "
+    "changes only the modality the question does not need (text added to image questions; "
+    "blank, noise or another sample's image added to text questions). A cell's flip rate is "
+    "the share of samples whose chosen option differs from the clean answer (the study's "
+    "δ_cp), whether or not the clean answer was right. Every cell counts once, whatever its "
+    "task's size. Adversarial (attack) cells are shown apart and not averaged in. A model is "
+    "ranked only if its clean accuracy on every task is above chance (the Wilson 95% lower "
+    "bound exceeds the mean of 1/options): a model that ignores its input flips nothing but "
+    "is no better for it."
+)
+
+
+@dataclass
+class Entry:
+    """One submission's leaderboard numbers."""
+
+    submission: Submission
+    components: dict[str, dict]  # "task/condition" -> flip_rate estimate, heuristic cells
+    attack_components: dict[str, dict] = field(default_factory=dict)
+    clean: dict[str, dict] = field(default_factory=dict)  # task -> accuracy estimate
+    chance: dict[str, float] = field(default_factory=dict)  # task -> mean 1/options
+    rank: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.submission.name
+
+    @property
+    def score(self) -> float:
+        values = [c["value"] for c in self.components.values() if c["value"] is not None]
+        return float(np.mean(values)) if values else float("nan")
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(np.mean([e["value"] for e in self.clean.values()]))
+
+    @property
+    def above_chance(self) -> bool:
+        return all(self.clean[t]["low"] is not None and self.clean[t]["low"] > self.chance[t]
+                   for t in self.clean)
+
+    @property
+    def unranked_reason(self) -> str:
+        if not np.isfinite(self.score):
+            return "no heuristic cell"
+        at_chance = [t for t in self.clean if self.clean[t]["low"] is None
+                     or self.clean[t]["low"] <= self.chance[t]]
+        if at_chance:
+            return "clean accuracy not above chance on " + ", ".join(at_chance)
+        return ""
+
+    @property
+    def attack_score(self) -> float | None:
+        values = [c["value"] for c in self.attack_components.values() if c["value"] is not None]
+        return float(np.mean(values)) if values else None
+
+
+def entry_for(submission: Submission) -> Entry:
+    doc = submission.document
+    kinds = doc["condition_kinds"]
+    entry = Entry(submission, components={})
+    for task, conditions in doc["results"].items():
+        entry.clean[task] = conditions[CLEAN]["accuracy"]
+        options = [len(r.probs) for r in submission.records
+                   if r.task == task and r.condition == CLEAN]
+        entry.chance[task] = float(np.mean([1 / k for k in options]))
+        for cond, metrics in conditions.items():
+            if cond == CLEAN:
+                continue
+            target = entry.components if kinds.get(cond) == "heuristic" else (
+                entry.attack_components)
+            target[f"{task}/{cond}"] = metrics["flip_rate"]
+    return entry
+
+
+def rank(entries: list[Entry]) -> list[Entry]:
+    """Ranked entries (lowest score first, ties by higher clean accuracy), then unranked."""
+    def order(e: Entry) -> tuple:
+        return (np.nan_to_num(e.score, nan=np.inf), -e.clean_accuracy, e.name)
+
+    ranked = sorted((e for e in entries if e.above_chance and np.isfinite(e.score)), key=order)
+    unranked = sorted((e for e in entries if e not in ranked), key=order)
+    for i, entry in enumerate(ranked, 1):
+        entry.rank = i
+    for entry in unranked:
+        entry.rank = None
+    return ranked + unranked
+
+
+def load_board(results_dir: str | Path) -> dict[str, list[Entry]]:
+    """Accepted submissions grouped by benchmark key, each group ranked."""
+    root = Path(results_dir) / "submissions"
+    groups: dict[str, list[Entry]] = defaultdict(list)
+    paths = sorted(root.glob(f"*/{SUBMISSION_FILE}")) if root.is_dir() else []
+    for path in paths:
+        submission = load_submission(path)
+        if submission.name != path.parent.name:
+            raise SubmissionError(path, [f"name {submission.name!r} differs from its folder "
+                                         f"{path.parent.name!r}"])
+        groups[submission.document["benchmark"]["key"]].append(entry_for(submission))
+    return {key: rank(entries) for key, entries in sorted(groups.items())}
+
+
+# -- text ----------------------------------------------------------------------------------
+def _pct(value: float | None) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
+
+
+def _benchmark_title(entries: list[Entry]) -> str:
+    doc = entries[0].submission.document
+    name = doc["benchmark"]["name"] or "custom"
+    return (f"Benchmark `{name}` (key {doc['benchmark']['key'][:12]}; "
+            f"{len(doc['tasks'])} tasks, {len(doc['threat_models'])} conditions, "
+            f"seed {doc['seed']})")
+
+
+def _model_ref(entry: Entry) -> str:
+    model = entry.submission.document["model"]
+    ref = model.get("commit") or model.get("revision") or model.get("weights_sha256")
+    return (ref or "-")[:12]
+
+
+def _ranking_rows(entries: list[Entry]) -> tuple[list[str], list[list[tuple[str, float | None]]]]:
+    """Header and rows of the ranking table as (text, sort value) cells."""
+    cells = list(entries[0].components)
+    attacks = any(e.attack_components for e in entries)
+    header = ["rank", "model", "revision / weights", "interference score % ↓",
+              "clean accuracy %", *[f"{c} flip %" for c in cells]]
+    if attacks:
+        header.append("attack flip % (not ranked)")
+    rows = []
+    for e in entries:
+        row = [(str(e.rank) if e.rank else "unranked", e.rank or 10**6),
+               (e.name, None), (_model_ref(e), None),
+               (_pct(e.score), e.score), (_pct(e.clean_accuracy), e.clean_accuracy)]
+        row += [(_pct(e.components.get(c, {}).get("value")), e.components.get(c, {}).get("value"))
+                for c in cells]
+        if attacks:
+            row.append((_pct(e.attack_score), e.attack_score))
+        rows.append(row)
+    return header, rows
+
+
+def markdown(board: dict[str, list[Entry]]) -> str:
+    lines = ["# mibench leaderboard", "",
+             "_Built by `mibench leaderboard` from `results/submissions/`; do not edit by "
+             "hand. Interactive version with plots: `leaderboard.html`._", "",
+             SCORE_DEFINITION]
+    if not board:
+        lines += ["", "No accepted submissions yet."]
+    for entries in board.values():
+        header, rows = _ranking_rows(entries)
+        lines += ["", f"## {_benchmark_title(entries)}", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(text for text, _ in row) + " |" for row in rows]
+        notes = [f"- {e.name}: unranked, {e.unranked_reason}" for e in entries if not e.rank]
+        lines += ["", *notes] if notes else []
+        for e in entries:
+            lines += ["", f"### {e.name}", "", format_table(e.submission.document["results"])]
+    return "\n".join(lines) + "\n"
+
+
+# -- plots ---------------------------------------------------------------------------------
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bars_png(entries: list[Entry]) -> str:
+    """Clean accuracy per task and flip rate per heuristic cell, one bar per model, 95% CIs."""
+    plt = _pyplot()
+    tasks, cells = list(entries[0].clean), list(entries[0].components)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(4 + 0.9 * len(cells) * len(entries) ** 0.5,
+                                                       4.2),
+                                      gridspec_kw={"width_ratios": [max(1, len(tasks)),
+                                                                    max(1, len(cells))]})
+    width = 0.8 / len(entries)
+    for ax, keys, getter, title in (
+            (left, tasks, lambda e, k: e.clean.get(k), "clean accuracy % (higher is better)"),
+            (right, cells, lambda e, k: e.components.get(k), "flip rate % (lower is better)")):
+        for i, e in enumerate(entries):
+            est = [getter(e, k) or {} for k in keys]
+            values = np.array([100 * (x.get("value") or 0) for x in est])
+            err = np.array([[100 * ((x.get("value") or 0) - (x.get("low") or 0)) for x in est],
+                            [100 * ((x.get("high") or 0) - (x.get("value") or 0)) for x in est]])
+            ax.bar(np.arange(len(keys)) + (i - (len(entries) - 1) / 2) * width, values, width,
+                   yerr=err, capsize=2, label=e.name)
+        ax.set_xticks(np.arange(len(keys)), [k.replace("/", "\n") for k in keys], fontsize=7)
+        ax.set_ylim(0, 105)
+        ax.set_title(title, fontsize=9)
+    right.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def radar_png(entry: Entry) -> str | None:
+    """The model's flip rate per heuristic cell on a radar (needs at least three cells)."""
+    cells = list(entry.components)
+    if len(cells) < 3:
+        return None
+    plt = _pyplot()
+    values = [100 * (entry.components[c]["value"] or 0) for c in cells]
+    angles = np.linspace(0, 2 * np.pi, len(cells), endpoint=False)
+    fig = plt.figure(figsize=(3.6, 3.6))
+    ax = fig.add_subplot(projection="polar")
+    ax.plot(np.append(angles, angles[0]), values + values[:1], color="tab:red")
+    ax.fill(np.append(angles, angles[0]), values + values[:1], color="tab:red", alpha=0.25)
+    ax.set_xticks(angles, [c.replace("/", "\n") for c in cells], fontsize=6)
+    ax.set_ylim(0, 100)
+    ax.set_yticks([25, 50, 75], ["25", "50", "75"], fontsize=6)
+    ax.set_title(f"{entry.name}: flip rate %", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# -- HTML ----------------------------------------------------------------------------------
+SORT_SCRIPT = """
+function cellKey(cell) {
+  var v = cell.getAttribute("data-value");
+  return v === null || v === "" ? cell.textContent.trim().toLowerCase() : parseFloat(v);
+}
+function sortTable(table, col, dir) {
+  var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+  rows.sort(function (a, b) {
+    var x = cellKey(a.cells[col]), y = cellKey(b.cells[col]);
+    var numeric = typeof x === "number" && typeof y === "number";
+    var c = numeric ? x - y : String(x).localeCompare(String(y));
+    return dir === "asc" ? c : -c;
+  });
+  rows.forEach(function (r) { body.appendChild(r); });
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
+    th.setAttribute("aria-sort", i === col ? (dir === "asc" ? "ascending" : "descending") : "none");
+  });
+  table.setAttribute("data-sorted-by", String(col));
+}
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+    th.addEventListener("click", function () {
+      sortTable(table, col, th.getAttribute("aria-sort") === "ascending" ? "desc" : "asc");
+    });
+  });
+  sortTable(table, 0, "asc");
+  table.setAttribute("data-sortable", "ready");
+});
+"""
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; cursor: pointer; user-select: none; max-width: 9em;
+     overflow-wrap: anywhere; }
+th[aria-sort=ascending]::after { content: " \\25B2"; }
+th[aria-sort=descending]::after { content: " \\25BC"; }
+td.text, th.text { text-align: left; } .unranked { color: #888; }
+.radars img { display: inline-block; margin: 0.3em; } p.def { max-width: 70em; }
+"""
+
+
+def _table_html(header: list[str], rows: list[list[tuple[str, float | None]]],
+                row_class: list[str] | None = None) -> str:
+    out = ['<table class="sortable"><thead><tr>']
+    out += [f"<th>{html.escape(h)}</th>" for h in header]
+    out.append("</tr></thead><tbody>")
+    for i, row in enumerate(rows):
+        css = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
+        out.append(f"<tr{css}>")
+        for text, value in row:
+            if value is None or not np.isfinite(value):
+                out.append(f'<td class="text">{html.escape(text)}</td>')
+            else:
+                out.append(f'<td data-value="{value:.10g}">{html.escape(text)}</td>')
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _detail_rows(entry: Entry) -> list[list[tuple[str, float | None]]]:
+    rows = []
+    for task, conditions in entry.submission.document["results"].items():
+        for cond, m in conditions.items():
+            acc, flip = m["accuracy"], m.get("flip_rate")
+
+            def ci(e: dict | None) -> str:
+                if e is None or e["value"] is None:
+                    return "-"
+                return f"{_pct(e['value'])} [{_pct(e['low'])}, {_pct(e['high'])}]"
+
+            rows.append([(task, None), (cond, None), (str(acc["n"]), acc["n"]),
+                         (ci(acc), acc["value"]), (ci(flip), flip and flip["value"])])
+    return rows
+
+
+def page(board: dict[str, list[Entry]]) -> str:
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>mibench leaderboard</title>", f"<style>{STYLE}</style></head><body>",
+             "<h1>mibench leaderboard</h1>",
+             "<p>Built by <code>mibench leaderboard</code> from <code>results/submissions/"
+             "</code>. Click a column header to sort.</p>",
+             f'<p class="def">{_inline_md(SCORE_DEFINITION)}</p>']
+    if not board:
+        parts.append("<p>No accepted submissions yet.</p>")
+    for entries in board.values():
+        header, rows = _ranking_rows(entries)
+        parts += [f"<h2>{_inline_md(html.escape(_benchmark_title(entries)))}</h2>",
+                  _table_html(header, rows, ["" if e.rank else "unranked" for e in entries]),
+                  *[f'<p class="unranked">{html.escape(e.name)}: unranked, '
+                    f"{html.escape(e.unranked_reason)}</p>" for e in entries if not e.rank],
+                  f'<img alt="per-condition bars" src="data:image/png;base64,'
+                  f'{bars_png(entries)}">', '<div class="radars">']
+        for e in entries:
+            radar = radar_png(e)
+            if radar:
+                parts.append(f'<img alt="radar {html.escape(e.name)}" '
+                             f'src="data:image/png;base64,{radar}">')
+        parts.append("</div>")
+        for e in entries:
+            parts += [f"<h3>{html.escape(e.name)}</h3>",
+                      _table_html(["task", "condition", "n", "accuracy % [95% CI]",
+                                   "flip rate % [95% CI]"], _detail_rows(e))]
+    parts += [f"<script>{SORT_SCRIPT}</script>", "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _inline_md(text: str) -> str:
+    """`**bold**` and `code` spans of already-escaped text, as HTML."""
+    import re
+
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def build(results_dir: str | Path) -> tuple[Path, Path, dict[str, list[Entry]]]:
+    """Rebuild LEADERBOARD.md and leaderboard.html from the accepted submissions."""
+    results_dir = Path(results_dir)
+    board = load_board(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    md, page_path = results_dir / MARKDOWN_FILE, results_dir / HTML_FILE
+    md.write_text(markdown(board))
+    page_path.write_text(page(board))
+    return md, page_path, board
+
+
+def leaderboard_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mibench leaderboard",
+        description="Rebuild LEADERBOARD.md and leaderboard.html from accepted submissions.")
+    parser.add_argument("--results", default="results",
+                        help="folder holding submissions/<name>/ (default: results)")
+    args = parser.parse_args(argv)
+    try:
+        md, page_path, board = build(args.results)
+    except SubmissionError as err:
+        print(f"mibench leaderboard: {err}", file=sys.stderr)
+        return 1
+    for entries in board.values():
+        print(_benchmark_title(entries))
+        for e in entries:
+            print(f"  {e.rank or '-':>3}  {e.name:30s} interference {_pct(e.score):>5}%  "
+                  f"clean {_pct(e.clean_accuracy):>5}%")
+    print(f"wrote {md} and {page_path}")
+    return 0
