@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import scoring
 from .report import format_table
 from .runner import CLEAN
 from .submission import SUBMISSION_FILE, Submission, SubmissionError, load_submission
 
 MARKDOWN_FILE = "LEADERBOARD.md"
 HTML_FILE = "leaderboard.html"
+BOOTSTRAP_RESAMPLES = 2000
 SCORE_DEFINITION = (
     "**Interference score** (lower is better): the mean flip rate over the benchmark's "
     "heuristic cells, i.e. over every (task, condition) pair where a model-free perturbation "
@@ -37,7 +39,8 @@ SCORE_DEFINITION = (
     "task's size. Adversarial (attack) cells are shown apart and not averaged in. A model is "
     "ranked only if its clean accuracy on every task is above chance (the Wilson 95% lower "
     "bound exceeds the mean of 1/options): a model that ignores its input flips nothing but "
-    "is no better for it."
+    "is no better for it. The score's 95% interval is a percentile bootstrap that resamples "
+    "each task's samples (2000 resamples, seeded by the run's seed)."
 )
 
 
@@ -50,6 +53,7 @@ class Entry:
     attack_components: dict[str, dict] = field(default_factory=dict)
     clean: dict[str, dict] = field(default_factory=dict)  # task -> accuracy estimate
     chance: dict[str, float] = field(default_factory=dict)  # task -> mean 1/options
+    interval: tuple[float, float] = (float("nan"), float("nan"))  # of the score, 95%
     rank: int | None = None
 
     @property
@@ -101,7 +105,37 @@ def entry_for(submission: Submission) -> Entry:
             target = entry.components if kinds.get(cond) == "heuristic" else (
                 entry.attack_components)
             target[f"{task}/{cond}"] = metrics["flip_rate"]
+    entry.interval = score_interval(submission.records, list(entry.components), doc["seed"])
     return entry
+
+
+def score_interval(records: list, cells: list[str], seed: int,
+                   resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """95% percentile bootstrap of the score, resampling samples within each task.
+
+    A task's conditions share its samples, so one resample of a task's samples moves all of
+    its cells together (their flips are correlated through the sample).
+    """
+    if not cells:
+        return (float("nan"), float("nan"))
+    grouped: dict[tuple[str, str], list] = defaultdict(list)
+    for record in records:
+        grouped[(record.task, record.condition)].append(record)
+    by_task: dict[str, list[str]] = defaultdict(list)
+    for cell in cells:
+        task, cond = cell.split("/", 1)
+        by_task[task].append(cond)
+    rng = np.random.default_rng(seed)
+    total = np.zeros(resamples)
+    for task, conds in by_task.items():
+        flips = np.column_stack([
+            [c.prediction != p.prediction
+             for c, p in scoring.pair_records(grouped[(task, CLEAN)], grouped[(task, cond)])]
+            for cond in conds])  # (samples, conditions), rows aligned by sample id
+        rows = rng.integers(0, flips.shape[0], size=(resamples, flips.shape[0]))
+        total += flips[rows].mean(axis=1).sum(axis=1)
+    low, high = np.percentile(total / len(cells), [2.5, 97.5])
+    return (float(low), float(high))
 
 
 def rank(entries: list[Entry]) -> list[Entry]:
@@ -155,7 +189,7 @@ def _ranking_rows(entries: list[Entry]) -> tuple[list[str], list[list[tuple[str,
     """Header and rows of the ranking table as (text, sort value) cells."""
     cells = list(entries[0].components)
     attacks = any(e.attack_components for e in entries)
-    header = ["rank", "model", "revision / weights", "interference score % ↓",
+    header = ["rank", "model", "revision / weights", "interference score % ↓ [95% CI]",
               "clean accuracy %", *[f"{c} flip %" for c in cells]]
     if attacks:
         header.append("attack flip % (not ranked)")
@@ -163,7 +197,8 @@ def _ranking_rows(entries: list[Entry]) -> tuple[list[str], list[list[tuple[str,
     for e in entries:
         row = [(str(e.rank) if e.rank else "unranked", e.rank or 10**6),
                (e.name, None), (_model_ref(e), None),
-               (_pct(e.score), e.score), (_pct(e.clean_accuracy), e.clean_accuracy)]
+               (f"{_pct(e.score)} [{_pct(e.interval[0])}, {_pct(e.interval[1])}]", e.score),
+               (_pct(e.clean_accuracy), e.clean_accuracy)]
         row += [(_pct(e.components.get(c, {}).get("value")), e.components.get(c, {}).get("value"))
                 for c in cells]
         if attacks:

@@ -92,11 +92,11 @@ def condition_metrics(clean: Sequence[Record], perturbed: Sequence[Record],
     lure_rate: share answering the wrong option the perturbation pointed to, where it did.
     """
     pairs = pair_records(clean, perturbed)
-    c_ok = np.array([c.correct for c, _ in pairs])
-    p_ok = np.array([p.correct for _, p in pairs])
-    flips = np.array([c.prediction != p.prediction for c, p in pairs])
-    js = np.array([js_divergence(c.probs, p.probs) for c, p in pairs])
-    lured = np.array([p.prediction == p.lure for _, p in pairs if p.lure is not None])
+    c_ok = np.array([c.correct for c, _ in pairs], dtype=bool)
+    p_ok = np.array([p.correct for _, p in pairs], dtype=bool)
+    flips = np.array([c.prediction != p.prediction for c, p in pairs], dtype=bool)
+    js = np.array([js_divergence(c.probs, p.probs) for c, p in pairs], dtype=float)
+    lured = np.array([p.prediction == p.lure for _, p in pairs if p.lure is not None], dtype=bool)
     metrics = {
         "accuracy": proportion(p_ok),
         "drop": mean(c_ok.astype(float) - p_ok.astype(float), seed),

@@ -65,3 +65,8 @@ def test_condition_metrics_against_hand_values():
 def test_condition_metrics_refuse_unpaired_samples():
     with pytest.raises(ValueError, match="no clean record for samples \\['zz'\\]"):
         condition_metrics([rec("clean", "a", [1, 0], 0)], [rec("p", "zz", [1, 0], 0)])
+
+
+def test_condition_without_records_gives_empty_estimates():
+    m = condition_metrics([], [])
+    assert m["accuracy"].n == 0 and m["harm_rate"].n == 0 and "lure_rate" not in m
