@@ -143,6 +143,8 @@ SUBCOMMANDS: dict[str, str] = {
     "validate": "mibench.submission:validate_main",
     "leaderboard": "mibench.leaderboard:leaderboard_main",
     "compare": "mibench.compare:compare_main",
+    "models": "mibench.models.catalog:main",
+    "tables": "mibench.tables:main",
 }
 
 

@@ -1,12 +1,21 @@
-"""The generic adapter for any `AutoModelForImageTextToText` checkpoint with a chat template."""
+"""The generic adapter for any `AutoModelForImageTextToText` checkpoint with a chat template.
+
+Family modules (llava.py, qwen2_vl.py, ...) subclass `HFModelAdapter` and override only what
+their checkpoints do differently; a YAML's `_target_` picks the class.
+"""
 
 from __future__ import annotations
 
+import inspect
+import json
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     BatchFeature,
@@ -14,35 +23,190 @@ from transformers import (
     ProcessorMixin,
 )
 
-from mibench.prompts import chat_messages
+from mibench.prompts import chat_messages, format_prompt
 from mibench.records import OPTION_LETTERS, Sample
 
 from .base import ModelAdapter
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}
+
+# torch.cuda.OutOfMemoryError is an alias of torch.OutOfMemoryError in recent torch; both
+# spellings are listed so older versions are covered too.
+OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+     torch.cuda.OutOfMemoryError})
+
+# Keys with one value per token: padded to the left when encodings are merged. Everything
+# else a processor returns (pixel values, grids, sizes, Q-Former ids) belongs to the images.
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 
 
 class AnswerTokenError(RuntimeError):
     """The tokenizer cannot represent an option letter as one token at the answer position."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded or prompted; the message names it and the fix."""
+
+
+def image_only_processor_class(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    """`processor_class` without its video processor (which needs torchvision to load).
+
+    The image and text paths of Qwen2-VL, InternVL, SmolVLM, ... never touch the video
+    processor; dropping it from `__init__`'s parameters drops it from the processor's
+    attributes, so loading, saving and calling work without torchvision.
+    """
+    # transformers reads the sub-processors to load from `inspect.signature(__init__)` and the
+    # settings to pass back (image_seq_length, ...) from `__init__.__code__.co_varnames`, so
+    # the new `__init__` must really have the parent's parameters, less `video_processor`.
+    params = [p for name, p in inspect.signature(processor_class.__init__).parameters.items()
+              if name not in ("self", "video_processor")]
+    declared, passed = [], []
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:
+            declared.append(f"*{p.name}")
+            passed.append(f"*{p.name}")
+        elif p.kind is p.VAR_KEYWORD:
+            declared.append(f"**{p.name}")
+            passed.append(f"**{p.name}")
+        else:
+            has_default = p.default is not p.empty
+            declared.append(f"{p.name}=_defaults[{p.name!r}]" if has_default else p.name)
+            passed.append(f"{p.name}={p.name}")
+    source = (f"def __init__(self, {', '.join(declared)}):\n"
+              f"    _parent.__init__(self, {', '.join(passed)}, video_processor=None)\n")
+    namespace = {"_parent": processor_class,
+                 "_defaults": {p.name: p.default for p in params}}
+    exec(source, namespace)  # noqa: S102 - builds a signature, runs no outside text
+    # Same name, so a processor saved from it still names the real class in its config.
+    return type(processor_class.__name__, (processor_class,),
+                {"__init__": namespace["__init__"], "__module__": processor_class.__module__,
+                 "__doc__": processor_class.__doc__})
+
+
+def _processor_class_for(path: str, **load) -> type[ProcessorMixin] | None:
+    """The processor class a checkpoint names (processor_config.json, else its model type)."""
+    from transformers.models.auto.processing_auto import (
+        PROCESSOR_MAPPING_NAMES,
+        processor_class_from_name,
+    )
+
+    local = Path(path) / "processor_config.json"
+    if local.is_file():
+        name = json.loads(local.read_text()).get("processor_class")
+        if name:
+            return processor_class_from_name(name)
+    model_type = AutoConfig.from_pretrained(path, **load).model_type
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    return processor_class_from_name(name) if name else None
+
+
+def load_processor(path: str, **load) -> ProcessorMixin:
+    """`AutoProcessor`, or, where only the video processor fails to load, the same processor
+    without it (see `image_only_processor_class`)."""
+    try:
+        return AutoProcessor.from_pretrained(path, **load)
+    except (ImportError, OSError, ValueError) as err:
+        processor_class = _processor_class_for(path, **load)
+        if processor_class is None or "video_processor" not in processor_class.get_attributes():
+            raise
+        log.info("loading %s without its video processor (%s)", processor_class.__name__, err)
+        return image_only_processor_class(processor_class).from_pretrained(path, **load)
+
+
+def _left_align(encoding: BatchFeature) -> BatchFeature:
+    """Move every row's padding to its far left, keeping the order of its real tokens.
+
+    The answer is read at the last position, so padding must never end a row: processors
+    pad on the side saved in the tokenizer's config (some hub tokenizers say "right"), and
+    InstructBLIP's puts its query tokens before the padding, where a hole would shift the
+    relative positions of what follows by however much padding the batch needed.
+    """
+    mask = encoding.get("attention_mask")
+    if mask is None or mask.ndim != 2:
+        return encoding
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+    if torch.equal(order, torch.arange(mask.shape[1]).expand_as(order)):
+        return encoding
+    for key in TOKEN_KEYS:
+        if key in encoding:
+            encoding[key] = torch.gather(encoding[key], 1, order.to(encoding[key].device))
+    return encoding
+
+
+def merge_left_padded(parts: Sequence[tuple[Sequence[int], BatchFeature]], size: int,
+                      pad_id: int) -> BatchFeature:
+    """One batch from encodings of disjoint groups of rows (`rows` = the rows' places).
+
+    Token keys are left-padded to a common length; other keys (image tensors) come from
+    the only part that has images and keep its order, which is the rows' order.
+    """
+    length = max(enc["input_ids"].shape[1] for _, enc in parts)
+    out: dict[str, torch.Tensor] = {}
+    for key in TOKEN_KEYS:
+        if not any(key in enc for _, enc in parts):
+            continue
+        template = next(enc["input_ids"] for _, enc in parts)
+        fill = pad_id if key == "input_ids" else 0
+        merged = torch.full((size, length), fill, dtype=template.dtype)
+        for rows, enc in parts:
+            if key in enc:
+                merged[list(rows), length - enc[key].shape[1]:] = enc[key]
+        out[key] = merged
+    for _, enc in parts:
+        for key, value in enc.items():
+            if key not in TOKEN_KEYS:
+                if key in out:
+                    raise ValueError(f"two groups of a batch both carry {key!r}")
+                out[key] = value
+    return BatchFeature(out)
+
+
 class HFModelAdapter(ModelAdapter):
     """Loads a checkpoint by hub id or local directory and scores option letters.
 
-    Prompts go through the processor's chat template; batches are left-padded so the answer
-    position is the last one for every sample; the letter token ids are checked at load time.
+    Prompts go through the chat template (the processor's, else its tokenizer's, else a
+    `prompt_format`); batches are left-padded so the answer position is the last one for
+    every sample; the letter token ids are checked at load time.
     """
 
+    model_class = AutoModelForImageTextToText
+    # A prompt format ("{prompt}" = the question block, "{bos}" = the BOS token) for
+    # checkpoints without a chat template; a config's `prompt_format` overrides both.
+    default_prompt_format: str | None = None
+    # True where the processor cannot take a batch mixing image and text-only samples (it
+    # refuses text-only prompts, or adds image tokens to every prompt): the two groups are
+    # encoded apart and merged, left-padded, in the batch's order.
+    encode_text_only_apart = False
+
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, name: str,
-                 provenance: dict | None = None) -> None:
+                 provenance: dict | None = None, *, prompt_format: str | None = None) -> None:
         self.model, self.processor, self.name = model.eval(), processor, name
-        self.provenance = provenance or {}
+        self.provenance = dict(provenance or {})
         self.device = model.device
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.oom_backoffs = 0  # batches split in halves after running out of GPU memory
+        self.prompt_format = prompt_format
+        self.chat_template = None
+        if prompt_format is None:
+            self.chat_template = (getattr(processor, "chat_template", None)
+                                  or getattr(self.tokenizer, "chat_template", None))
+            if self.chat_template is None:
+                self.prompt_format = self.default_prompt_format
+        if self.chat_template is None and self.prompt_format is None:
+            raise CheckpointError(
+                f"model {name!r}: neither its processor nor its tokenizer has a chat template; "
+                "set model.prompt_format (e.g. '{prompt}\\nAnswer:') to say how a question is "
+                "shown to it")
+        if self.prompt_format is not None:
+            self.provenance["prompt_format"] = self.prompt_format
         self.letter_ids = self._resolve_letter_ids()
 
     @classmethod
@@ -55,30 +219,67 @@ class HFModelAdapter(ModelAdapter):
         device: str = "auto",
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
+        device_map: str | dict | None = None,
+        prompt_format: str | None = None,
     ) -> HFModelAdapter:
-        """Load by hub id or local directory; `revision` pins a hub commit, tag or branch."""
+        """Load by hub id or local directory; `revision` pins a hub commit, tag or branch.
+
+        `device_map` (e.g. "auto") spreads a model too big for one GPU over the devices
+        (Accelerate); without it the whole model goes to `device`.
+        """
+        dtype = DTYPE_ALIASES.get(dtype, dtype)
         if dtype not in DTYPES:
-            raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+            raise ValueError(f"model.dtype={dtype!r} is not one of "
+                             f"{sorted(DTYPES) + sorted(DTYPE_ALIASES)}")
         path = str(path)
+        if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().is_dir():
+            raise CheckpointError(f"model path {path!r} is not a directory; give a local "
+                                  "checkpoint directory or a hub id such as 'owner/name'")
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         load = {"revision": revision, "trust_remote_code": trust_remote_code}
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        processor = AutoProcessor.from_pretrained(path, **load)
-        model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=DTYPES[dtype], **load, **extra
-        ).to(device)
+        if device_map is not None:
+            extra["device_map"] = device_map
+        try:
+            processor = cls.load_processor(path, **load)
+            model = cls.model_class.from_pretrained(path, dtype=DTYPES[dtype], **load, **extra)
+        except (OSError, ValueError, KeyError, ImportError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise CheckpointError(
+                f"model {path!r} (revision {revision!r}) cannot be loaded by "
+                f"{cls.__name__} ({cls.model_class.__name__}): {reason[:400]}\n"
+                "`mibench models` lists the supported families; a checkpoint whose code lives "
+                "on the hub needs model.trust_remote_code=true") from err
+        if device_map is None:
+            model = model.to(device)
         provenance = {"path": path, "revision": revision, "dtype": dtype,
                       "commit": getattr(model.config, "_commit_hash", None),
                       "trust_remote_code": trust_remote_code,
-                      "attn_implementation": attn_implementation}
-        return cls(model, processor, name or path.rstrip("/").split("/")[-1], provenance)
+                      "attn_implementation": attn_implementation,
+                      "device_map": device_map}
+        return cls(model, processor, name or path.rstrip("/").split("/")[-1], provenance,
+                   prompt_format=prompt_format)
+
+    @classmethod
+    def load_processor(cls, path: str, **load) -> ProcessorMixin:
+        return load_processor(path, **load)
 
     # -- prompts -------------------------------------------------------------------------
     def render(self, sample: Sample) -> str:
         """The full prompt text, chat template and generation prompt included."""
+        if self.chat_template is None:
+            return self.prompt_format.format(prompt=format_prompt(sample),
+                                             bos=self.tokenizer.bos_token or "")
+        return self.apply_chat_template(chat_messages(sample))
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(
-            chat_messages(sample), add_generation_prompt=True, tokenize=False
-        )
+            messages, chat_template=self.chat_template, add_generation_prompt=True,
+            tokenize=False)
+
+    def processor_text(self, sample: Sample) -> str:
+        """What the processor is given for a sample with an image (it expands the image)."""
+        return self.render(sample)
 
     def _adds_special_tokens(self, text: str) -> bool:
         """False when the template already wrote BOS (tokenizing again would double it)."""
@@ -121,26 +322,57 @@ class HFModelAdapter(ModelAdapter):
     # -- scoring -------------------------------------------------------------------------
     def encode(self, samples: Sequence[Sample]) -> BatchFeature:
         """Left-padded model inputs; images as one list per sample (text-only ones empty)."""
+        samples = list(samples)
         texts = [self.render(s) for s in samples]
         add_special = {self._adds_special_tokens(t) for t in texts}
         if len(add_special) != 1:
-            raise ValueError("a batch mixes prompts with and without a BOS token")
+            raise ValueError("a batch mixes prompts with and without a BOS token: "
+                             f"{[s.id for s in samples]}")
+        add_special_tokens = add_special.pop()
+        with_image = [i for i, s in enumerate(samples) if s.image is not None]
+        text_only = [i for i, s in enumerate(samples) if s.image is None]
+        if self.encode_text_only_apart and with_image and text_only:
+            parts = [(with_image, self._encode_images([samples[i] for i in with_image],
+                                                      add_special_tokens)),
+                     (text_only, self._encode_text_only([texts[i] for i in text_only],
+                                                        add_special_tokens))]
+            encoding = merge_left_padded(parts, len(samples), self.tokenizer.pad_token_id)
+        elif with_image:
+            encoding = self._encode_images(samples, add_special_tokens)
+        elif self.encode_text_only_apart:
+            encoding = self._encode_text_only(texts, add_special_tokens)
+        else:
+            encoding = self.processor(text=texts, padding=True, return_tensors="pt",
+                                      add_special_tokens=add_special_tokens)
+        return _left_align(encoding).to(self.device)
+
+    def _encode_images(self, samples: Sequence[Sample], add_special_tokens: bool
+                       ) -> BatchFeature:
+        """The processor on the batch, images nested per sample (`[[img], [], [img]]`)."""
         images = [[s.image.convert("RGB")] if s.image is not None else [] for s in samples]
-        has_images = any(images)
-        return self.processor(
-            text=texts,
-            images=images if has_images else None,
-            padding=True,
-            return_tensors="pt",
-            add_special_tokens=add_special.pop(),
-        ).to(self.device)
+        encoding = self.processor(text=[self.processor_text(s) for s in samples], images=images,
+                                  padding=True, return_tensors="pt",
+                                  add_special_tokens=add_special_tokens)
+        encoding.pop("labels", None)  # PaliGemma's processor adds training labels
+        return encoding
+
+    def _encode_text_only(self, texts: Sequence[str], add_special_tokens: bool) -> BatchFeature:
+        """The tokenizer alone, for families whose processor cannot take a text-only prompt."""
+        enc = self.tokenizer(list(texts), padding=True, return_tensors="pt",
+                             add_special_tokens=add_special_tokens)
+        enc = {k: v for k, v in enc.items() if k in TOKEN_KEYS}
+        # token type 0 = the prompt prefix (PaliGemma attends to it bidirectionally): the
+        # same ids the processor gives a prompt with an image, alone or in a mixed batch.
+        if "token_type_ids" in getattr(self.processor, "model_input_names", ()):
+            enc.setdefault("token_type_ids", torch.zeros_like(enc["input_ids"]))
+        return BatchFeature(enc)
 
     def answer_logits(self, inputs: BatchFeature) -> torch.Tensor:
         """Logits over the vocabulary at the answer position, (batch, vocab), in float32."""
         return self.model(**inputs).logits[:, -1, :].float()
 
     @torch.no_grad()
-    def option_probs(self, samples: Sequence[Sample]) -> list[np.ndarray]:
+    def _probs(self, samples: Sequence[Sample]) -> list[np.ndarray]:
         logits = self.answer_logits(self.encode(samples))
         out = []
         for row, sample in zip(logits, samples):
@@ -148,7 +380,33 @@ class HFModelAdapter(ModelAdapter):
             out.append(torch.softmax(row[letters].double(), dim=-1).cpu().numpy())
         return out
 
+    def option_probs(self, samples: Sequence[Sample]) -> list[np.ndarray]:
+        """Option distributions; a batch that runs out of GPU memory is split in halves.
+
+        Each sample's numbers do not depend on its batch, so splitting changes nothing but
+        speed; `oom_backoffs` counts the splits.
+        """
+        samples = list(samples)
+        try:
+            return self._probs(samples)
+        except OOM_ERRORS as err:
+            if len(samples) == 1:
+                raise CheckpointError(
+                    f"model {self.name!r} ran out of memory on sample {samples[0].id!r} alone "
+                    f"({self.prompt_length(samples[0])} prompt tokens); use a smaller dtype, "
+                    "model.device_map=auto, or smaller images") from err
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # Retried outside the except block, so the failed attempt's tensors are freed first.
+        self.oom_backoffs += 1
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(samples) // 2
+        log.warning("model %r: out of memory on a batch of %d samples (first %r: %s); "
+                    "retrying as %d + %d (back-off #%d)", self.name, len(samples),
+                    samples[0].id, reason, half, len(samples) - half, self.oom_backoffs)
+        return self.option_probs(samples[:half]) + self.option_probs(samples[half:])
+
     def describe(self) -> dict:
         return {"name": self.name, **self.provenance, "device": str(self.device),
-                "class": type(self.model).__name__,
+                "adapter": type(self).__name__, "class": type(self.model).__name__,
                 "letter_token_ids": list(self.letter_ids[:6])}

@@ -43,6 +43,7 @@ def test_gradients_reach_the_pixels(tiny_adapter):
     inputs["pixel_values"].requires_grad_(True)
     tiny_adapter.answer_logits(inputs)[:, list(tiny_adapter.letter_ids[:2])].sum().backward()
     assert inputs["pixel_values"].grad.abs().sum() > 0
+    tiny_adapter.model.zero_grad(set_to_none=True)  # the adapter is shared by other tests
 
 
 def test_checkpoint_without_letter_tokens_is_refused(tmp_path):

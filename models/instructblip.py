@@ -1,0 +1,60 @@
+"""InstructBLIP (decoder-only, e.g. Vicuna): no chat template; the model requires an image.
+
+Text-only samples: InstructBLIP's only image channel is the Q-Former's query tokens placed
+before the prompt. Without an image there is nothing for them to carry, so a text-only sample
+is scored by the language model alone on the same prompt, with no query tokens: an explicit
+choice (recorded in `describe()`), not a blank image slipped in. In a mixed batch the image
+samples get their query tokens and the text-only ones do not; both are left-padded together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import AddedToken, BatchFeature, InstructBlipForConditionalGeneration
+
+from mibench.records import Sample
+
+from .hf import HFModelAdapter
+
+TEXT_ONLY = "language model alone, no query tokens"
+
+
+class InstructBlipAdapter(HFModelAdapter):
+    """InstructBLIP: prompt format instead of a chat template; text-only via the LM alone."""
+
+    model_class = InstructBlipForConditionalGeneration
+    # LAVIS prompts the Vicuna models with the bare instruction; the answer cue keeps the
+    # letter at the next position (" A" after ":").
+    default_prompt_format = "{prompt}\nAnswer:"
+    # The processor prefixes query tokens to every prompt once any image is in the call.
+    encode_text_only_apart = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.provenance["text_only"] = TEXT_ONLY
+        # A tokenizer reloaded with `image_token` among its special tokens hands the processor
+        # a plain string, where its __call__ expects an AddedToken (transformers 5.x).
+        if isinstance(getattr(self.processor, "image_token", None), str):
+            self.processor.image_token = AddedToken(self.processor.image_token,
+                                                    normalized=False, special=True)
+
+    def _encode_images(self, samples: Sequence[Sample], add_special_tokens: bool
+                       ) -> BatchFeature:
+        """The Q-Former is BERT-like, with absolute positions: its copy of the prompt must
+        start at position 0 whatever the batch, so its padding goes to the right (the
+        processor pads it on the language tokenizer's side, left)."""
+        encoding = super()._encode_images(samples, add_special_tokens)
+        mask = encoding["qformer_attention_mask"]
+        order = torch.argsort(1 - mask.to(torch.int8), dim=1, stable=True)
+        for key in ("qformer_input_ids", "qformer_attention_mask"):
+            encoding[key] = torch.gather(encoding[key], 1, order)
+        return encoding
+
+    def answer_logits(self, inputs: BatchFeature) -> torch.Tensor:
+        if "pixel_values" in inputs:
+            return super().answer_logits(inputs)
+        lm_inputs = {k: v for k, v in inputs.items()
+                     if k in ("input_ids", "attention_mask", "inputs_embeds")}
+        return self.model.language_model(**lm_inputs).logits[:, -1, :].float()
