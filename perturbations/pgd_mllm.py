@@ -1,0 +1,207 @@
+"""What the MLLM attacks share: the threat model, the option objective, a frozen model.
+
+An attack here drives an `HFModelAdapter` (its `.model`, `.processor`, `.encode(samples)`,
+`.letter_ids`): it encodes the batch once, runs the PGD core (`mibench.perturbations.pgd`)
+on one modality's input, and returns each sample's option distribution at the strongest
+point found. The objective is the cross-entropy of the option letters at the answer
+position: untargeted, the correct option's CE is maximised (success: the decided answer is
+wrong); targeted, the target option's CE is minimised (success: the target is decided).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mibench.records import Sample
+
+from .base import Attack, Perturbation
+from .pgd import Evaluation, PGDResult, check_threat_model
+
+TARGETS = (None, "lure", "random")
+
+
+class AttackError(RuntimeError):
+    """An attack cannot run on this model or sample; the message says which and why."""
+
+
+@dataclass
+class AttackOutcome:
+    """Everything an attack did to a batch, for tests and inspection.
+
+    `x0`/`x` are the clean and adversarial points in the attack's own space (embeddings, or
+    pixels in [0, 1] units), `mask` the entries allowed to move, `eps` the per-sample radius
+    actually used (absolute units), `targets` the target option per sample (None: untargeted).
+    """
+
+    samples: list[Sample]
+    probs: list[np.ndarray]
+    x0: Tensor
+    x: Tensor
+    mask: Tensor
+    eps: Tensor
+    targets: list[int] | None
+    result: PGDResult
+
+
+class MLLMAttack(Attack):
+    """Shared constructor, checks and objective of the PGD attacks on an MLLM."""
+
+    version = 1
+
+    def __init__(self, name: str, *, norm: str, eps: float, alpha: float, steps: int,
+                 restarts: int, update: str, targeted: str | None, random_start: bool,
+                 base: Perturbation | None) -> None:
+        check_threat_model(norm, update, eps, alpha, steps, restarts, where=f"attack {name!r}")
+        if targeted not in TARGETS:
+            raise ValueError(f"attack {name!r}: targeted={targeted!r} is not one of {TARGETS}")
+        if base is not None and not isinstance(base, Perturbation):
+            raise TypeError(f"attack {name!r}: base must be a Perturbation, got "
+                            f"{type(base).__name__}")
+        self.name, self.norm, self.eps, self.alpha = name, norm, float(eps), float(alpha)
+        self.steps, self.restarts, self.update = int(steps), int(restarts), update
+        self.targeted, self.random_start = targeted, bool(random_start)
+        self._base = base
+
+    def check_base(self) -> None:
+        """The base perturbation must touch the modality the attack touches."""
+        if self._base is not None and self._base.touches != self.touches:
+            raise ValueError(f"attack {self.name!r} touches the {self.touches}, but its base "
+                             f"{self._base.name!r} touches the {self._base.touches}")
+
+    # -- what the results record ---------------------------------------------------------
+    def threat_model(self) -> dict:
+        """The attack's threat model in words and numbers (goes into describe())."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info["params"]["base"] = None if self._base is None else self._base.describe()
+        info["threat_model"] = self.threat_model()
+        return info
+
+    # -- the Attack contract ---------------------------------------------------------------
+    def attack(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
+               ) -> list[np.ndarray]:
+        return self.run(model, samples, seeds).probs
+
+    def run(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]) -> AttackOutcome:
+        raise NotImplementedError
+
+    # -- shared steps ----------------------------------------------------------------------
+    def prepare(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
+                ) -> list[Sample]:
+        """Check the model and seeds; apply the base perturbation (seeded per sample)."""
+        for attr in ("model", "processor", "encode", "letter_ids"):
+            if not hasattr(model, attr):
+                raise AttackError(f"attack {self.name!r} needs an HFModelAdapter-like model "
+                                  f"(.model, .processor, .encode, .letter_ids); "
+                                  f"{type(model).__name__} has no {attr!r}")
+        if len(seeds) != len(samples):
+            raise ValueError(f"attack {self.name!r}: {len(seeds)} seeds for "
+                             f"{len(samples)} samples")
+        if self._base is None:
+            return list(samples)
+        from mibench.runner import check_untouched  # the runner's own contract check
+
+        out = []
+        for sample, seed in zip(samples, seeds):
+            try:
+                perturbed = self._base.apply(sample, np.random.default_rng(int(seed)))
+            except Exception as err:
+                raise AttackError(f"attack {self.name!r}: its base {self._base.name!r} failed "
+                                  f"on sample {sample.id!r}: {err}") from err
+            check_untouched(sample, perturbed, self._base)
+            out.append(perturbed)
+        return out
+
+    def targets(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[int] | None:
+        """The wrong option each sample is pushed toward, or None when untargeted.
+
+        "lure": the sample's `meta['lure']` (set e.g. by a misleading-text base), else a
+        seeded random wrong option; "random": always a seeded random wrong option.
+        """
+        if self.targeted is None:
+            return None
+        out = []
+        for sample, seed in zip(samples, seeds):
+            lure = sample.meta.get("lure") if self.targeted == "lure" else None
+            if lure is None:
+                wrong = [i for i in range(len(sample.options)) if i != sample.answer]
+                rng = np.random.default_rng(int(seed) ^ 0x5EED)
+                lure = wrong[int(rng.integers(len(wrong)))]
+            if not 0 <= int(lure) < len(sample.options) or int(lure) == sample.answer:
+                raise AttackError(f"attack {self.name!r}: sample {sample.id!r} has lure "
+                                  f"{lure}, not a wrong option among {len(sample.options)}")
+            out.append(int(lure))
+        return out
+
+
+def option_evaluation(logits: Tensor, samples: Sequence[Sample], letter_ids: Sequence[int],
+                      targets: Sequence[int] | None) -> Evaluation:
+    """The attack objective from last-position logits (B, vocab).
+
+    Letter logits beyond a sample's option count are masked out. The loss is computed in
+    float32 (float64 for a float64 model); `output` keeps the float32 letter logits, from
+    which the final probabilities are computed exactly as `HFModelAdapter.option_probs` does.
+    Callers pass full logits (no `logits_to_keep=1`: slicing before the head changes its
+    GEMM path and the last bits, and ε = 0 must give the clean probabilities exactly).
+    """
+    k_max = max(len(s.options) for s in samples)
+    ids = torch.tensor(letter_ids[:k_max], device=logits.device)
+    letters32 = logits.float()[:, ids]
+    letters = logits[:, ids] if logits.dtype == torch.float64 else letters32
+    counts = torch.tensor([len(s.options) for s in samples], device=logits.device)
+    valid = torch.arange(k_max, device=logits.device)[None, :] < counts[:, None]
+    logp = torch.log_softmax(letters.masked_fill(~valid, -torch.inf), dim=-1)
+    decided = logp.argmax(dim=-1)
+    gold = torch.tensor([s.answer for s in samples], device=logits.device)
+    if targets is None:
+        value = -logp.gather(1, gold[:, None])[:, 0]
+        success = decided != gold
+    else:
+        target = torch.tensor(list(targets), device=logits.device)
+        value = logp.gather(1, target[:, None])[:, 0]
+        success = decided == target
+    return Evaluation(value=value, success=success, output=letters32)
+
+
+def option_probs(letter_logits: Tensor, samples: Sequence[Sample]) -> list[np.ndarray]:
+    """Per sample, softmax over its own letters in float64 (as the adapter scores clean)."""
+    return [torch.softmax(row[: len(s.options)].double(), dim=-1).cpu().numpy()
+            for row, s in zip(letter_logits, samples)]
+
+
+@contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """Parameters without gradients and the module in eval mode, restored afterwards.
+
+    The attack only reads the model: no copy is made and no parameter is updated.
+    """
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    training = module.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    module.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        module.train(training)
+
+
+def needs_image(attack: MLLMAttack, samples: Sequence[Sample]) -> None:
+    """An attack on the image needs one per sample: name those without and what to do."""
+    missing = [s.id for s in samples if s.image is None]
+    if missing:
+        raise AttackError(
+            f"attack {attack.name!r} perturbs the image, but samples {missing[:5]} have none; "
+            "give the attack a base image (e.g. base: black_image in its config)")
