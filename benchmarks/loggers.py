@@ -90,5 +90,8 @@ class WandbLogger:
 
     def finish(self) -> None:
         if self._run is not None:
+            import wandb
+
             self._run.finish()
             self._run = None
+            wandb.teardown()  # flush the run's log to disk now, not at interpreter exit

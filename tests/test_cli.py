@@ -62,15 +62,20 @@ def test_unknown_names_list_the_available_options(override, message):
     assert "Available options" in str(err.value) or err.value.options
 
 
-def test_wandb_offline_logs_metrics(tmp_path):
+def test_wandb_offline_logs_metrics_table_and_plot(tmp_path):
     cfg = compose_cfg(["task=toy_text_heavy", "perturbation=black_image", "task.n=8",
                        f"out_dir={tmp_path}", "logger=wandb", "logger.mode=offline",
                        "progress=false"])
     run(cfg)
-    summaries = list(tmp_path.glob("wandb/offline-run-*/files/wandb-summary.json"))
-    assert len(summaries) == 1
-    summary = json.loads(summaries[0].read_text())
-    metrics = json.loads((tmp_path / "metrics.json").read_text())["results"]
-    expected = metrics["toy_text_heavy"]["black_image"]["flip_rate"]["value"]
-    assert summary["toy_text_heavy/black_image/flip_rate"] == pytest.approx(expected)
-    assert "toy_text_heavy/clean/accuracy/low" in summary
+    (run_dir,) = tmp_path.glob("wandb/offline-run-*")
+    (log,) = run_dir.glob("run-*.wandb")  # the run's protobuf log, synced later
+    logged = log.read_bytes()
+    for key in ("toy_text_heavy/black_image/flip_rate", "toy_text_heavy/clean/accuracy/low"):
+        assert key.encode() in logged
+    (table,) = run_dir.glob("files/media/table/records_*.table.json")
+    rows = json.loads(table.read_text())
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert len(rows["data"]) == len(records) == 16
+    column = rows["columns"].index("prediction")
+    assert sorted(r[column] for r in rows["data"]) == sorted(r["prediction"] for r in records)
+    assert list(run_dir.glob("files/media/images/plots/accuracy_*.png"))
