@@ -86,15 +86,7 @@ class EmbeddingPGD(MLLMAttack):
                           }[self.mask],
             "norm": self.norm + (" per token" if self.norm == "l2" else ""),
             "eps": self.eps, "alpha": self.alpha, "units": unit,
-            "steps": self.steps, "restarts": self.restarts,
-            "update": {"sign": "sign of the gradient (L2: gradient / its norm)",
-                       "grad": "raw gradient, delta <- proj(delta + alpha * grad)"}[self.update],
-            "random_start": "uniform in the ball" if self.random_start else "none",
-            "objective": ("maximise CE of the correct option letter" if self.targeted is None
-                          else f"minimise CE of a target wrong option ({self.targeted})"),
-            "selection": "per sample, best iterate over steps and restarts, ranked by "
-                         "(answer fooled, objective)",
-            "base": None if self._base is None else self._base.name,
+            **self.search_description(),
         }
 
     def run(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]) -> AttackOutcome:

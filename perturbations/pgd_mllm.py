@@ -80,6 +80,20 @@ class MLLMAttack(Attack):
         """The attack's threat model in words and numbers (goes into describe())."""
         raise NotImplementedError
 
+    def search_description(self) -> dict:
+        """The part of the threat model both attack spaces share: how the search runs."""
+        return {
+            "steps": self.steps, "restarts": self.restarts,
+            "update": {"sign": "sign of the gradient (L2: gradient / its L2 norm)",
+                       "grad": "raw gradient, delta <- proj(delta + alpha * grad)"}[self.update],
+            "random_start": "uniform in the ball" if self.random_start else "none",
+            "objective": ("maximise CE of the correct option letter" if self.targeted is None
+                          else f"minimise CE of a target wrong option ({self.targeted})"),
+            "selection": "per sample, best iterate over steps and restarts, ranked by "
+                         "(answer fooled, objective)",
+            "base": None if self._base is None else self._base.name,
+        }
+
     def describe(self) -> dict:
         info = super().describe()
         info["params"]["base"] = None if self._base is None else self._base.describe()
