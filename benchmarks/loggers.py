@@ -21,6 +21,9 @@ class NullLogger:
     def log_results(self, document: dict[str, Any], out_dir: str | Path) -> None:
         pass
 
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -87,6 +90,10 @@ class WandbLogger:
                 table.add_data(*(row[c] if c != "probs" else json.dumps(row[c])
                                  for c in columns))
             self._run.log({"records": table})
+
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        """Training curves: loss terms, learning rate, throughput."""
+        self._run.log(values, step=step)
 
     def finish(self) -> None:
         if self._run is not None:
