@@ -75,7 +75,12 @@ def divergence(logp: Tensor, logq: Tensor, kind: str = "js") -> Tensor:
     p, q = logp.exp(), logq.exp()
 
     def kl(a: Tensor, log_a: Tensor, log_b: Tensor) -> Tensor:
-        return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(-1)
+        # mask the logs, not the product: 0 * -inf in an unselected branch of torch.where
+        # still sends NaN gradients back (rows with fewer options than the batch's widest)
+        present = a > 0
+        zero = torch.zeros_like(a)
+        return (a * (torch.where(present, log_a, zero) - torch.where(present, log_b, zero))
+                ).sum(-1)
 
     if kind == "kl":
         return kl(p, logp, logq)

@@ -283,3 +283,16 @@ def test_resume_refuses_a_different_config(shapes_checkpoint, tmp_path):
     (tmp_path / "train_config.yaml").write_text("seed: 99\n")
     with pytest.raises(RuntimeError, match="different training config"):
         train(compose_train(small_overrides(shapes_checkpoint, tmp_path)))
+
+
+def test_divergence_gradients_are_finite_with_mixed_option_counts():
+    """A batch mixing 4- and 6-option samples pads the narrow rows with -inf log-probs."""
+    logits = torch.randn(2, 10, requires_grad=True)
+    samples = [Sample(id=f"s{k}", question="?", options=tuple("abcdef"[:k]), answer=0,
+                      category="image_heavy") for k in (4, 6)]
+    logp = letter_log_probs(logits, samples, list(range(10)))
+    logq = letter_log_probs(logits.flip(-1), samples, list(range(10)))
+    for kind in ("js", "kl"):
+        logits.grad = None
+        divergence(logp, logq, kind).sum().backward(retain_graph=True)
+        assert torch.isfinite(logits.grad).all()
