@@ -9,6 +9,7 @@ that the suite loads like a hub checkpoint. Sizes follow transformers' own model
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -477,3 +478,12 @@ def build(name: str, root: Path) -> Family:
     builder(path)
     family.path = str(path)
     return family
+
+
+def load(name: str, root: Path):
+    """Build the family's tiny checkpoint and load it through its adapter, by local path."""
+    family = build(name, root)
+    module, cls = family.adapter.split(":")
+    adapter = getattr(importlib.import_module(module), cls).from_pretrained(
+        family.path, name=family.name, device="cpu", **family.load_kwargs)
+    return family, adapter

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import WORDS, ListTask, image_heavy_samples, make_image, text_heavy_samples
-from families_builders import FAMILIES, build, missing_requirement
+from families_builders import FAMILIES, build, load, missing_requirement
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from hypothesis import given, settings
@@ -354,11 +353,7 @@ def family(request, tmp_path_factory):
     reason = missing_requirement(request.param)
     if reason:
         pytest.skip(reason)
-    fam = build(request.param, tmp_path_factory.mktemp("attack-families"))
-    module, cls = fam.adapter.split(":")
-    adapter = getattr(importlib.import_module(module), cls).from_pretrained(
-        fam.path, name=fam.name, device="cpu", **fam.load_kwargs)
-    return fam, adapter
+    return load(request.param, tmp_path_factory.mktemp("attack-families"))
 
 
 def test_attacks_run_on_every_family_or_refuse_it_by_name(family):

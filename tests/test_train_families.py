@@ -4,12 +4,11 @@ optimizer step on a batch lowers that batch's loss, with every term switched on.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import pytest
 import torch
 from conftest import image_heavy_samples, make_image, text_heavy_samples
-from families_builders import FAMILIES, build, missing_requirement
+from families_builders import FAMILIES, load, missing_requirement
 
 from mibench.perturbations.image import BlankImage
 from mibench.perturbations.pgd_embed import EmbeddingPGD
@@ -24,11 +23,7 @@ def family(request, tmp_path_factory):
     reason = missing_requirement(request.param)
     if reason:
         pytest.skip(reason)
-    fam = build(request.param, tmp_path_factory.mktemp("train-families"))
-    module, cls = fam.adapter.split(":")
-    adapter = getattr(importlib.import_module(module), cls).from_pretrained(
-        fam.path, name=fam.name, device="cpu", **fam.load_kwargs)
-    return fam, adapter
+    return load(request.param, tmp_path_factory.mktemp("train-families"))
 
 
 def study_pairs(sizes) -> list[Pair]:
