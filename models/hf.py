@@ -45,6 +45,9 @@ OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 
 
+RENDER_CACHE_SIZE = 100_000  # rendered prompts kept per adapter
+
+
 class AnswerTokenError(RuntimeError):
     """The tokenizer cannot represent an option letter as one token at the answer position."""
 
@@ -207,6 +210,7 @@ class HFModelAdapter(ModelAdapter):
                 "shown to it")
         if self.prompt_format is not None:
             self.provenance["prompt_format"] = self.prompt_format
+        self._rendered: dict[tuple[str, bool], str] = {}
         self.letter_ids = self._resolve_letter_ids()
 
     @classmethod
@@ -266,11 +270,28 @@ class HFModelAdapter(ModelAdapter):
 
     # -- prompts -------------------------------------------------------------------------
     def render(self, sample: Sample) -> str:
-        """The full prompt text, chat template and generation prompt included."""
-        if self.chat_template is None:
-            return self.prompt_format.format(prompt=format_prompt(sample),
-                                             bos=self.tokenizer.bos_token or "")
-        return self.apply_chat_template(chat_messages(sample))
+        """The full prompt text, chat template and generation prompt included.
+
+        Memoised on what the text depends on (the question block and whether an image
+        comes first): the runner asks for a prompt's length and then encodes it.
+        """
+        prompt = format_prompt(sample)
+        key = (prompt, sample.image is not None)
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            if self.chat_template is None:
+                rendered = self.prompt_format.format(prompt=prompt,
+                                                     bos=self.tokenizer.bos_token or "")
+            else:
+                rendered = self.apply_chat_template(chat_messages(sample))
+            if len(self._rendered) >= RENDER_CACHE_SIZE:
+                self._rendered.clear()
+            self._rendered[key] = rendered
+        return rendered
+
+    def clear_caches(self) -> None:
+        """Forget rendered prompts (benchmarks time the rendering too)."""
+        self._rendered.clear()
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(

@@ -25,7 +25,18 @@ from mibench.cli import asset_path
 from mibench.models.hf import HFModelAdapter
 from mibench.records import Sample
 from mibench.runner import batch_plan, run_benchmark
+from mibench.tasks.base import Task
 from mibench.tasks.shapes import ShapesTask
+
+
+class FixedTask(Task):
+    """Samples made in advance."""
+
+    def __init__(self, name: str, category: str, samples: list[Sample]) -> None:
+        self.name, self.category, self._samples = name, category, samples
+
+    def samples(self) -> list[Sample]:
+        return self._samples
 
 
 def parse_letter(text: str, n_options: int) -> int | None:
@@ -48,6 +59,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="best of this many timings (the generate loop runs once)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -59,18 +72,31 @@ def main() -> None:
     batches = [[samples[i] for i in b] for b in batch_plan(samples, lengths, args.batch_size)]
     adapter.option_probs(batches[0])  # warm-up
 
-    tasks = {"ih": ShapesTask("image_heavy", half, name="ih"),
-             "th": ShapesTask("text_heavy", args.n - half, name="th")}
-    with tempfile.TemporaryDirectory() as out_dir:  # the whole suite: plan, score, store
-        t_suite, _ = timed(lambda: run_benchmark(adapter, tasks, {}, out_dir,
-                                                 batch_size=args.batch_size, progress=False))
-        records = {json.loads(line)["sample_id"]: json.loads(line)["prediction"]
-                   for line in (Path(out_dir) / "records.jsonl").read_text().splitlines()}
-    suite_pred = [records[s.id] for b in batches for s in b]
+    # the samples exist before any timing starts: generating data is the dataset's cost
+    tasks = {"ih": FixedTask("ih", "image_heavy", samples[:half]),
+             "th": FixedTask("th", "text_heavy", samples[half:])}
+    def suite() -> dict[str, int]:
+        adapter.clear_caches()  # no prompt rendered before the clock starts
+        with tempfile.TemporaryDirectory() as out_dir:  # the whole suite: plan, score, store
+            run_benchmark(adapter, tasks, {}, out_dir, batch_size=args.batch_size,
+                          progress=False)
+            rows = map(json.loads, (Path(out_dir) / "records.jsonl").read_text().splitlines())
+            return {row["sample_id"]: row["prediction"] for row in rows}
 
     encoded = [adapter.encode(b) for b in batches]
-    with torch.no_grad():
-        t_bare, _ = timed(lambda: [adapter.model(**x).logits[:, -1] for x in encoded])
+
+    def bare() -> None:
+        with torch.no_grad():
+            for inputs in encoded:
+                adapter.model(**inputs)
+
+    # interleaved, so that both see the same machine; the best of each
+    t_suite, t_bare = float("inf"), float("inf")
+    for _ in range(max(1, args.repeat)):
+        elapsed, records = timed(suite)
+        t_suite = min(t_suite, elapsed)
+        t_bare = min(t_bare, timed(bare)[0])
+    suite_pred = [records[s.id] for b in batches for s in b]
 
     def generate_loop() -> list[int | None]:
         preds = []
@@ -90,7 +116,7 @@ def main() -> None:
     unparsed = sum(p is None for p in gen_pred)
     agree = sum(a == b for a, b in zip(suite_pred, gen_pred, strict=True)) / n
     print(f"model {args.model}  samples {n}  batch size {args.batch_size}  "
-          f"threads {args.threads}")
+          f"threads {args.threads}  best of {args.repeat}")
     print(f"suite (run_benchmark, clean):      {n / t_suite:9.1f} samples/s")
     print(f"bare batched forward (the limit):  {n / t_bare:9.1f} samples/s  "
           f"(suite overhead {100 * (t_suite / t_bare - 1):.1f}%)")
