@@ -44,15 +44,15 @@ def test_two_processes_give_bit_identical_records(tiny_checkpoint, tmp_path):
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_checkpoint, tmp_path):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    run_mibench(mibench_args(tiny_checkpoint, whole, n=60, batch_size=2))
+    run_mibench(mibench_args(tiny_checkpoint, whole, n=150, batch_size=2))
 
-    args = mibench_args(tiny_checkpoint, resumed, n=60, batch_size=2)
+    args = mibench_args(tiny_checkpoint, resumed, n=150, batch_size=2)
     proc = subprocess.Popen([sys.executable, "-m", "mibench.cli", *args], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shard = resumed / "shards" / "rank-0.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if shard.exists() and len(shard.read_text().splitlines()) >= 70:  # past clean, mid-way
+        if shard.exists() and len(shard.read_text().splitlines()) >= 170:  # past clean, mid-way
             break
         time.sleep(0.05)
     if proc.poll() is not None:
@@ -60,12 +60,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_checkpoint, tmp_pat
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(shard.read_text().splitlines())
-    assert 70 <= done_before < 120 and not (resumed / "records.jsonl").exists()
+    assert 170 <= done_before < 300 and not (resumed / "records.jsonl").exists()
 
     run_mibench(args)
     records = (resumed / "records.jsonl").read_text().splitlines()
     keys = [(r["task"], r["condition"], r["sample_id"]) for r in map(json.loads, records)]
-    assert len(keys) == len(set(keys)) == 120  # no duplicate, no missing sample
+    assert len(keys) == len(set(keys)) == 300  # no duplicate, no missing sample
     assert (resumed / "records.jsonl").read_bytes() == (whole / "records.jsonl").read_bytes()
     assert results(resumed) == results(whole)
 
