@@ -1,9 +1,8 @@
-"""The `mibench` command: a Hydra app. The only module that sees a DictConfig."""
+"""The `mibench` command: the benchmark's Hydra app, and the subcommands beside it."""
 
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from pathlib import Path
 
@@ -21,9 +20,6 @@ from .loggers import NullLogger
 from .plots import accuracy_bars
 from .report import config_hash, format_table, metrics_document, write_metrics
 from .runner import run_benchmark
-
-log = logging.getLogger("mibench")
-
 
 
 def asset_path(name: str) -> str:
