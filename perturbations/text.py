@@ -47,6 +47,57 @@ class TemplateFacts:
         return self.templates[int(rng.integers(len(self.templates)))].format(option=option)
 
 
+FACTS_PROMPT = ("Write two short sentences of general facts about a {option}. "
+                "Do not mention pictures or images.")
+
+
+class GeneratedFacts:
+    """Two sentences about an option written by a text-generation model, as the study did
+    with an LLM. Greedy decoding, cached per option: the same option always gets the same
+    text, whatever the sample or the seed. Loads by hub id or local directory.
+
+        facts: {_target_: mibench.perturbations.text.GeneratedFacts,
+                model: Qwen/Qwen2.5-0.5B-Instruct}
+    """
+
+    def __init__(self, model: str, revision: str | None = None, prompt: str = FACTS_PROMPT,
+                 max_new_tokens: int = 60, device: str = "cpu") -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_id, self.revision, self.prompt = model, revision, prompt
+        self.max_new_tokens = max_new_tokens
+        self._tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+        self._model = AutoModelForCausalLM.from_pretrained(model, revision=revision).to(device)
+        self._model.eval()
+        self._written: dict[str, str] = {}
+
+    def _prompt_ids(self, option: str):
+        request = self.prompt.format(option=option)
+        if self._tokenizer.chat_template:
+            return self._tokenizer.apply_chat_template(
+                [{"role": "user", "content": request}], add_generation_prompt=True,
+                return_tensors="pt", return_dict=True)
+        return self._tokenizer(request, return_tensors="pt")
+
+    def __call__(self, option: str, rng: np.random.Generator) -> str:
+        if option not in self._written:
+            import torch
+
+            inputs = self._prompt_ids(option).to(self._model.device)
+            with torch.no_grad():
+                out = self._model.generate(**inputs, max_new_tokens=self.max_new_tokens,
+                                           do_sample=False)
+            text = self._tokenizer.decode(out[0, inputs["input_ids"].shape[1]:],
+                                          skip_special_tokens=True)
+            sentences = [s.strip() for s in text.replace("\n", " ").split(".") if s.strip()]
+            self._written[option] = " ".join(f"{s}." for s in sentences[:2])
+        return self._written[option]
+
+    def __repr__(self) -> str:
+        return (f"GeneratedFacts(model={self.model_id!r}, revision={self.revision!r}, "
+                f"prompt={self.prompt!r}, max_new_tokens={self.max_new_tokens})")
+
+
 class UnrelatedText(Perturbation):
     """Adds sentences that have nothing to do with the image or the options."""
 

@@ -104,3 +104,30 @@ def test_switched_image_shows_a_wrong_option_when_a_donor_has_one():
         donor = next(d for d in donors.samples() if d.id == out.meta["donor"])
         assert donor.options[donor.answer] == sample.options[lure]
         assert out.image is donor.image
+
+
+def test_generated_facts_hook_uses_a_real_causal_lm_deterministically(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mibench.models import toy_builder
+    from mibench.perturbations.text import FACTS_PROMPT, GeneratedFacts
+
+    words = toy_builder.words_of([FACTS_PROMPT, "circle square . It is round", "USER ASSISTANT :"])
+    tokenizer = toy_builder.build_tokenizer(words)
+    torch_model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    torch_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    facts = GeneratedFacts(str(tmp_path), max_new_tokens=12)
+    first = facts("circle", rng_for(0))
+    assert facts("circle", rng_for(1)) == first  # greedy and cached: the seed plays no part
+    assert first.count(".") <= 2 and "circle" in repr(facts._written)
+    sample = image_heavy_samples(1)[0]
+    out = MisleadingText(facts=facts).apply(sample, rng_for(0, sample.id))
+    option = sample.options[out.meta["lure"]]
+    caption = f"The picture seems to describe a {option}. {facts(option, None)}"
+    assert out.distractor == caption.strip()
+    assert "GeneratedFacts(model=" in MisleadingText(facts=facts).describe()["params"]["facts"]
