@@ -47,7 +47,7 @@ class BenchmarkResult:
 
 
 Condition = Perturbation | Attack
-Scorer = Callable[[Sequence[Sample]], list[np.ndarray]]
+Scorer = Callable[[Sequence[Sample]], tuple[list[np.ndarray], list[int | None]]]
 
 
 def applies_to(perturbation: Condition, task: Task) -> bool:
@@ -103,9 +103,11 @@ def score_condition(model: ModelAdapter, samples: Sequence[Sample], task: str, c
 
     The plan covers all samples, done or not, so a batch always holds the same samples: a
     resumed run recomputes an unfinished batch whole and stores only its missing records.
-    `scorer` defaults to the model's clean option probabilities; an attack passes its own.
+    `scorer` gives each sample's option probabilities and lure (the wrong option the
+    condition points to, or None); by default the model's and the sample's own.
     """
-    scorer = scorer or model.option_probs
+    scorer = scorer or (lambda chunk: (model.option_probs(chunk),
+                                       [s.meta.get("lure") for s in chunk]))
     lengths = [model.prompt_length(s) for s in samples]
     batches = my_share(batch_plan(samples, lengths, batch_size), processes)
     todo = [b for b in batches if any((task, condition, samples[i].id) not in store for i in b)]
@@ -115,12 +117,12 @@ def score_condition(model: ModelAdapter, samples: Sequence[Sample], task: str, c
                disable=not (progress and processes.is_main), leave=False)
     for batch in todo:
         chunk = [samples[i] for i in batch]
-        probs = scorer(chunk)
+        probs, lures = scorer(chunk)
         store.append(
             Record(task=task, condition=condition, sample_id=s.id,
                    probs=tuple(float(x) for x in p), prediction=int(p.argmax()),
-                   gold=s.answer, lure=s.meta.get("lure"))
-            for s, p in zip(chunk, probs, strict=True)
+                   gold=s.answer, lure=None if lure is None else int(lure))
+            for s, p, lure in zip(chunk, probs, lures, strict=True)
         )
         bar.update(len(chunk))
     bar.close()
@@ -199,9 +201,9 @@ def run_benchmark(
 
 def _attack_scorer(attack: Attack, model: ModelAdapter, seed: int, task: str) -> Scorer:
     """Scores a batch under attack, each sample seeded by its own id."""
-    def score(chunk: Sequence[Sample]) -> list[np.ndarray]:
+    def score(chunk: Sequence[Sample]) -> tuple[list[np.ndarray], list[int | None]]:
         seeds = [stable_seed(seed, task, attack.name, s.id) for s in chunk]
-        return attack.attack(model, chunk, seeds)
+        return attack.attack(model, chunk, seeds), attack.lures(chunk, seeds)
     return score
 
 

@@ -55,5 +55,10 @@ class Attack(ABC):
                ) -> list[np.ndarray]:
         """Per sample, the option distribution under the strongest perturbation found."""
 
+    def lures(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[int | None]:
+        """Per sample, the wrong option the attack pushes toward (None: none in particular);
+        recorded so that results can say how often the model went there."""
+        return [s.meta.get("lure") for s in samples]
+
     def describe(self) -> dict:
         return Perturbation.describe(self)  # type: ignore[arg-type]

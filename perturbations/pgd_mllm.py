@@ -120,6 +120,10 @@ class MLLMAttack(Attack):
         if len(seeds) != len(samples):
             raise ValueError(f"attack {self.name!r}: {len(seeds)} seeds for "
                              f"{len(samples)} samples")
+        return self.apply_base(samples, seeds)
+
+    def apply_base(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[Sample]:
+        """The samples with the base perturbation applied (seeded per sample), if any."""
         if self._base is None:
             return list(samples)
         from mibench.runner import check_untouched  # the runner's own contract check
@@ -134,6 +138,13 @@ class MLLMAttack(Attack):
             check_untouched(sample, perturbed, self._base)
             out.append(perturbed)
         return out
+
+    def lures(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[int | None]:
+        """The wrong option each sample is pushed toward: the target of a targeted attack,
+        else the option its base perturbation names (e.g. a misleading caption), if any."""
+        prepared = self.apply_base(samples, seeds)
+        targets = self.targets(prepared, seeds)
+        return list(targets) if targets is not None else [s.meta.get("lure") for s in prepared]
 
     def targets(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[int] | None:
         """The wrong option each sample is pushed toward, or None when untargeted.

@@ -422,3 +422,28 @@ def test_attack_runs_as_a_benchmark_cell_from_hydra_overrides():
         "image", 0.03, "black_image")
     _, conditions = build_plugins(pixel)
     assert conditions["pgd_pixel"].eps == 0.01
+
+
+@pytest.mark.parametrize("attack, expect", [
+    (EmbeddingPGD(name="pgd_embed", mask="text", eps=0.5, steps=1, targeted="random"),
+     "target"),
+    (EmbeddingPGD(name="pgd_embed", mask="distractor", eps=0.5, steps=1,
+                  base=MisleadingText()), "caption"),
+])
+def test_records_carry_the_option_the_attack_pushes_toward(tiny_adapter, tmp_path, attack,
+                                                          expect):
+    samples = image_heavy_samples(5)
+    result = run_benchmark(tiny_adapter, {"ih": ListTask("ih", "image_heavy", samples)},
+                           {attack.name: attack}, tmp_path, batch_size=2, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    attacked = {r["sample_id"]: r for r in rows if r["condition"] == attack.name}
+    from mibench.seeding import stable_seed
+
+    for sample in samples:
+        seed = stable_seed(0, "ih", attack.name, sample.id)
+        lure = attacked[sample.id]["lure"]
+        assert lure is not None and lure != sample.answer
+        if expect == "caption":  # the wrong option the misleading base caption names
+            caption = MisleadingText().apply(sample, np.random.default_rng(seed))
+            assert lure == caption.meta["lure"]
+    assert result.metrics["ih"][attack.name]["lure_rate"].n == len(samples)
