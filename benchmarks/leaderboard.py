@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import scoring
-from .report import format_table
+from .report import format_estimate, format_table
 from .runner import CLEAN
 from .submission import SUBMISSION_FILE, Submission, SubmissionError, load_submission
 
@@ -360,13 +360,9 @@ def _detail_rows(entry: Entry) -> list[list[tuple[str, float | None]]]:
         for cond, m in conditions.items():
             acc, flip = m["accuracy"], m.get("flip_rate")
 
-            def ci(e: dict | None) -> str:
-                if e is None or e["value"] is None:
-                    return "-"
-                return f"{_pct(e['value'])} [{_pct(e['low'])}, {_pct(e['high'])}]"
-
             rows.append([(task, None), (cond, None), (str(acc["n"]), acc["n"]),
-                         (ci(acc), acc["value"]), (ci(flip), flip and flip["value"])])
+                         (format_estimate(acc), acc["value"]),
+                         (format_estimate(flip), flip and flip["value"])])
     return rows
 
 

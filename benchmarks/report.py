@@ -52,12 +52,15 @@ def write_metrics(document: dict, out_dir: str | Path) -> Path:
     return path
 
 
-def _pct(estimate: dict | None, signed: bool = False) -> str:
-    if estimate is None:
+def format_estimate(estimate: dict | None, percent: bool = True, signed: bool = False) -> str:
+    """'43.5 [40.1, 47.0]': an estimate and its 95% interval, in percent (1 decimal) or as
+    is (3 decimals); '-' where there is none."""
+    if estimate is None or estimate.get("value") is None:
         return "-"
-    sign = "+" if signed else ""
-    value, low, high = (100 * estimate[k] + 0.0 for k in ("value", "low", "high"))  # no -0.0
-    return f"{value:{sign}.1f} [{low:{sign}.1f}, {high:{sign}.1f}]"
+    scale, digits = (100, 1) if percent else (1, 3)
+    spec = f"{'+' if signed else ''}.{digits}f"
+    value, low, high = (scale * estimate[k] + 0.0 for k in ("value", "low", "high"))  # no -0.0
+    return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
 def format_table(results: dict) -> str:
@@ -70,12 +73,10 @@ def format_table(results: dict) -> str:
             drop = m.get("drop")
             change = None if drop is None else {
                 "value": -drop["value"], "low": -drop["high"], "high": -drop["low"]}
-            js = m.get("js_divergence")
-            js_text = "-" if js is None else (
-                f"{js['value']:.3f} [{js['low']:.3f}, {js['high']:.3f}]")
             lines.append(
-                f"| {task} | {cond} | {m['accuracy']['n']} | {_pct(m['accuracy'])} | "
-                f"{'-' if cond == CLEAN else _pct(change, signed=True)} | "
-                f"{_pct(m.get('flip_rate'))} | {js_text} |"
+                f"| {task} | {cond} | {m['accuracy']['n']} | {format_estimate(m['accuracy'])} | "
+                f"{'-' if cond == CLEAN else format_estimate(change, signed=True)} | "
+                f"{format_estimate(m.get('flip_rate'))} | "
+                f"{format_estimate(m.get('js_divergence'), percent=False)} |"
             )
     return "\n".join(lines)

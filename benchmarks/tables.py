@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .report import METRICS_FILE
+from .report import METRICS_FILE, format_estimate
 
 CATEGORY_TITLES = {"image_heavy": "Image-heavy", "text_heavy": "Text-heavy", "vqa": "VQA"}
 PERCENT_METRICS = {"accuracy", "drop", "flip_rate", "harm_rate", "lure_rate"}
@@ -79,12 +79,7 @@ def columns(runs: Sequence[Run], category: str | None = None) -> list[tuple[str,
 
 def format_cell(estimate: dict | None, metric: str = "accuracy") -> str:
     """'43.5 [40.1, 47.0]' (percent for proportions; JS divergence as is, 3 decimals)."""
-    if estimate is None:
-        return "-"
-    if metric in PERCENT_METRICS:
-        value, low, high = (100 * estimate[k] + 0.0 for k in ("value", "low", "high"))
-        return f"{value:.1f} [{low:.1f}, {high:.1f}]"
-    return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
+    return format_estimate(estimate, percent=metric in PERCENT_METRICS)
 
 
 def lookup(run: Run, task: str, condition: str, metric: str) -> dict | None:
