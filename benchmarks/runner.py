@@ -155,10 +155,11 @@ def run_benchmark(
                 f"perturbation {name!r} touches the {perturbation.touches} modality, which "
                 f"every task here ({', '.join(tasks)}) needs to answer; nothing to measure")
     processes = distributed.current()
-    if processes.is_main:
+    if processes.is_main:  # checks a resumed directory, or records a new one's fingerprint
         check_fingerprint(out_dir, fingerprint or {}, write=True)
     distributed.barrier(processes)
-    check_fingerprint(out_dir, fingerprint or {}, write=False)
+    if not processes.is_main:
+        check_fingerprint(out_dir, fingerprint or {}, write=False)
     store = RecordStore(out_dir, rank=processes.index)
     distributed.barrier(processes)  # every process has read the shards before any appends
 
