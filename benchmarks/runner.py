@@ -24,6 +24,7 @@ from mibench.tasks.base import Task
 
 from . import distributed, scoring
 from .distributed import Processes, my_share
+from .prefetch import prefetched
 from .seeding import rng_for, stable_seed
 from .store import RecordStore, check_fingerprint
 
@@ -47,7 +48,26 @@ class BenchmarkResult:
 
 
 Condition = Perturbation | Attack
-Scorer = Callable[[Sequence[Sample]], tuple[list[np.ndarray], list[int | None]]]
+Scores = tuple[list[np.ndarray], list[int | None]]
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """How a condition scores a batch: each sample's option probabilities and lure.
+
+    `prepare` is the host-side part, run for the next batch in a background thread while
+    `score` runs on this one; its result is passed to `score`.
+    """
+
+    score: Callable[[Sequence[Sample], object], Scores]
+    prepare: Callable[[Sequence[Sample]], object] = lambda chunk: None
+
+
+def model_scorer(model: ModelAdapter) -> Scorer:
+    """The model's own option probabilities; the lure is the one the sample names, if any."""
+    return Scorer(prepare=model.prepare,
+                  score=lambda chunk, prepared: (model.option_probs(chunk, prepared),
+                                                 [s.meta.get("lure") for s in chunk]))
 
 
 def applies_to(perturbation: Condition, task: Task) -> bool:
@@ -96,36 +116,55 @@ def perturb_all(samples: Sequence[Sample], perturbation: Perturbation, seed: int
     return out
 
 
-def score_condition(model: ModelAdapter, samples: Sequence[Sample], task: str, condition: str,
-                    store: RecordStore, batch_size: int, processes: Processes,
-                    progress: bool = True, scorer: Scorer | None = None) -> None:
-    """Score this process's share of the batch plan, storing each batch as it finishes.
+@dataclass(frozen=True)
+class ConditionRun:
+    """One condition of a task, ready to score: its samples and how to score them."""
 
-    The plan covers all samples, done or not, so a batch always holds the same samples: a
-    resumed run recomputes an unfinished batch whole and stores only its missing records.
-    `scorer` gives each sample's option probabilities and lure (the wrong option the
-    condition points to, or None); by default the model's and the sample's own.
+    name: str
+    samples: Sequence[Sample]
+    scorer: Scorer
+
+
+def score_conditions(model: ModelAdapter, runs: Sequence[ConditionRun], task: str,
+                     store: RecordStore, batch_size: int, processes: Processes,
+                     progress: bool = True) -> None:
+    """Score conditions that share one batch plan, storing each batch as it finishes.
+
+    The conditions hold the same samples in the same order (they differ only in text), so
+    one plan, sorted by the prompts' summed lengths, serves them all and batch i of each is
+    scored in turn: consecutive forward passes see the same images, and an adapter can reuse
+    their encoding. The plan covers all samples, done or not, so a batch always holds the
+    same samples: a resumed run recomputes an unfinished batch whole and stores only its
+    missing records. The next batch is prepared while this one is scored.
     """
-    scorer = scorer or (lambda chunk: (model.option_probs(chunk),
-                                       [s.meta.get("lure") for s in chunk]))
-    lengths = [model.prompt_length(s) for s in samples]
-    batches = my_share(batch_plan(samples, lengths, batch_size), processes)
-    todo = [b for b in batches if any((task, condition, samples[i].id) not in store for i in b)]
+    ids = [s.id for s in runs[0].samples]
+    for run in runs[1:]:
+        if [s.id for s in run.samples] != ids:
+            raise ValueError(f"task {task!r}: condition {run.name!r} does not hold the samples "
+                             f"of {runs[0].name!r} in the same order; it needs its own plan")
+    lengths = np.sum([model.prompt_lengths(run.samples) for run in runs], axis=0).tolist()
+    batches = my_share(batch_plan(runs[0].samples, lengths, batch_size), processes)
+    todo = [(run, [run.samples[i] for i in batch]) for batch in batches for run in runs
+            if any((task, run.name, run.samples[i].id) not in store for i in batch)]
     if not todo:
         return
-    bar = tqdm(total=sum(map(len, todo)), desc=f"{task}/{condition}", unit="sample",
-               disable=not (progress and processes.is_main), leave=False)
-    for batch in todo:
-        chunk = [samples[i] for i in batch]
-        probs, lures = scorer(chunk)
+    show = progress and processes.is_main
+    left = {run.name: sum(len(chunk) for r, chunk in todo if r is run) for run in runs}
+    bars = {name: tqdm(total=total, desc=f"{task}/{name}", unit="sample", position=k,
+                       disable=not show, leave=False)
+            for k, (name, total) in enumerate((n, t) for n, t in left.items() if t)}
+    for (run, chunk), prepared in prefetched(lambda item: item[0].scorer.prepare(item[1]),
+                                             todo):
+        probs, lures = run.scorer.score(chunk, prepared)
         store.append(
-            Record(task=task, condition=condition, sample_id=s.id,
+            Record(task=task, condition=run.name, sample_id=s.id,
                    probs=tuple(float(x) for x in p), prediction=int(p.argmax()),
                    gold=s.answer, lure=None if lure is None else int(lure))
             for s, p, lure in zip(chunk, probs, lures, strict=True)
         )
-        bar.update(len(chunk))
-    bar.close()
+        bars[run.name].update(len(chunk))
+    for bar in bars.values():
+        bar.close()
 
 
 def run_benchmark(
@@ -167,23 +206,37 @@ def run_benchmark(
     for task_name, task in tasks.items():
         samples = task.samples()
         _check_unique_ids(samples, task_name)
-        score = partial(score_condition, model, task=task_name, store=store,
-                        batch_size=batch_size, processes=processes, progress=progress)
-        score(samples, condition=CLEAN)
-        conditions[task_name] = [CLEAN]
         skipped = [n for n, p in perturbations.items() if not applies_to(p, task)]
         if skipped and processes.is_main:
             log.info("%s (%s): not applied, they touch a modality its answer needs: %s",
                      task_name, task.category, ", ".join(skipped))
-        for name, perturbation in perturbations.items():
-            if name in skipped:
-                continue
+        applied = {n: p for n, p in perturbations.items() if n not in skipped}
+        conditions[task_name] = [CLEAN, *applied]
+        score = partial(score_conditions, model, task=task_name, store=store,
+                        batch_size=batch_size, processes=processes, progress=progress)
+        # clean and the conditions that change only its text share the clean images: scored
+        # together, first; a perturbation that fails is raised once the others are stored
+        same_images = [ConditionRun(CLEAN, samples, model_scorer(model))]
+        failure: PerturbationError | None = None
+        for name, perturbation in applied.items():
+            if perturbation.touches == "text" and not isinstance(perturbation, Attack):
+                try:
+                    same_images.append(ConditionRun(
+                        name, perturb_all(samples, perturbation, seed, task_name),
+                        model_scorer(model)))
+                except PerturbationError as err:
+                    failure = err
+                    break
+        score(same_images)
+        if failure is not None:
+            raise failure
+        for name, perturbation in applied.items():
             if isinstance(perturbation, Attack):
-                score(samples, condition=name,
-                      scorer=_attack_scorer(perturbation, model, seed, task_name))
-            else:
-                score(perturb_all(samples, perturbation, seed, task_name), condition=name)
-            conditions[task_name].append(name)
+                score([ConditionRun(name, samples,
+                                    _attack_scorer(perturbation, model, seed, task_name))])
+            elif perturbation.touches != "text":
+                score([ConditionRun(name, perturb_all(samples, perturbation, seed, task_name),
+                                    model_scorer(model))])
 
     gathered = distributed.gather(store.new, processes)
     if not processes.is_main:
@@ -202,10 +255,10 @@ def run_benchmark(
 
 def _attack_scorer(attack: Attack, model: ModelAdapter, seed: int, task: str) -> Scorer:
     """Scores a batch under attack, each sample seeded by its own id."""
-    def score(chunk: Sequence[Sample]) -> tuple[list[np.ndarray], list[int | None]]:
+    def score(chunk: Sequence[Sample], prepared: object) -> Scores:
         seeds = [stable_seed(seed, task, attack.name, s.id) for s in chunk]
         return attack.attack(model, chunk, seeds), attack.lures(chunk, seeds)
-    return score
+    return Scorer(score=score)
 
 
 def _check_unique_ids(samples: Sequence[Sample], task: str) -> None:

@@ -20,12 +20,28 @@ class ModelAdapter(ABC):
     name: str
 
     @abstractmethod
-    def option_probs(self, samples: Sequence[Sample]) -> list[np.ndarray]:
-        """Per sample, a probability vector over its options (sums to 1), from one forward pass."""
+    def option_probs(self, samples: Sequence[Sample], prepared: object = None
+                     ) -> list[np.ndarray]:
+        """Per sample, a probability vector over its options (sums to 1), from one forward pass.
+
+        `prepared` is what `prepare(samples)` returned, when the runner computed it ahead.
+        """
+
+    def prepare(self, samples: Sequence[Sample]) -> object:
+        """The host-side work for a batch (prompts, tokens, pixels), done ahead of time.
+
+        The runner calls it in a background thread for batch i+1 while batch i is scored, so
+        it must not touch the model; the default does nothing and `option_probs` does all.
+        """
+        return None
 
     @abstractmethod
     def prompt_length(self, sample: Sample) -> int:
         """Tokens in the sample's prompt; the runner sorts batches by it."""
+
+    def prompt_lengths(self, samples: Sequence[Sample]) -> list[int]:
+        """`prompt_length` of each sample; adapters that can batch the tokenizer override it."""
+        return [self.prompt_length(s) for s in samples]
 
     @abstractmethod
     def describe(self) -> dict:

@@ -6,10 +6,14 @@ their checkpoints do differently; a YAML's `_target_` picks the class.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,36 @@ TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_id
 
 
 RENDER_CACHE_SIZE = 100_000  # rendered prompts kept per adapter
+
+# The keys holding raw pixels: a batch without them has no images to encode, and a forward
+# given the image encoder's output must not get them too.
+PIXEL_KEYS = ("pixel_values", "pixel_values_images", "image_patches")
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch's host-side inputs, and the key of its images (None: no images)."""
+
+    inputs: BatchFeature
+    image_key: str | None
+
+
+def image_inputs_key(encoding: BatchFeature) -> str | None:
+    """A digest of everything in the encoding that the image encoder reads (not the tokens).
+
+    Two batches with the same digest give the image encoder identical inputs, hence identical
+    outputs: reusing one is exact, not approximate.
+    """
+    image_parts = sorted(k for k, v in encoding.items()
+                         if k not in TOKEN_KEYS and isinstance(v, torch.Tensor))
+    if not any(k in encoding for k in PIXEL_KEYS):
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for key in image_parts:
+        tensor = encoding[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class AnswerTokenError(RuntimeError):
@@ -185,6 +219,8 @@ class HFModelAdapter(ModelAdapter):
     # refuses text-only prompts, or adds image tokens to every prompt): the two groups are
     # encoded apart and merged, left-padded, in the batch's order.
     encode_text_only_apart = False
+    # False where the image encoder reads the prompt too (a Q-Former): nothing to reuse.
+    reuses_image_features = True
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, name: str,
                  provenance: dict | None = None, *, prompt_format: str | None = None) -> None:
@@ -211,6 +247,13 @@ class HFModelAdapter(ModelAdapter):
         if self.prompt_format is not None:
             self.provenance["prompt_format"] = self.prompt_format
         self._rendered: dict[tuple[str, bool], str] = {}
+        # The runner prepares the next batch in a background thread; a fast tokenizer's
+        # padding state is shared and mutable, so one thread tokenizes at a time.
+        self._tokenizer_lock = threading.RLock()
+        # The last batch's image-encoder output, by its images' key: the runner scores the
+        # conditions that share a batch's images one after the other, so one is enough.
+        self._image_features: tuple[str, object] | None = None
+        self.image_feature_reuses = 0  # forward passes that reused a batch's image features
         self.letter_ids = self._resolve_letter_ids()
 
     @classmethod
@@ -290,8 +333,9 @@ class HFModelAdapter(ModelAdapter):
         return rendered
 
     def clear_caches(self) -> None:
-        """Forget rendered prompts (benchmarks time the rendering too)."""
+        """Forget rendered prompts and image features (benchmarks time them too)."""
         self._rendered.clear()
+        self._image_features = None
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(
@@ -308,10 +352,27 @@ class HFModelAdapter(ModelAdapter):
         return not (bos and text.startswith(bos))
 
     def _token_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=self._adds_special_tokens(text)).input_ids
+        with self._tokenizer_lock:
+            return self.tokenizer(text,
+                                  add_special_tokens=self._adds_special_tokens(text)).input_ids
 
     def prompt_length(self, sample: Sample) -> int:
         return len(self._token_ids(self.render(sample)))
+
+    def prompt_lengths(self, samples: Sequence[Sample]) -> list[int]:
+        """One tokenizer call per BOS form for the whole list (one call per prompt is slow)."""
+        texts = [self.render(s) for s in samples]
+        lengths = [0] * len(texts)
+        for add_special in (True, False):
+            which = [i for i, t in enumerate(texts) if self._adds_special_tokens(t) == add_special]
+            if not which:
+                continue
+            with self._tokenizer_lock:
+                ids = self.tokenizer([texts[i] for i in which],
+                                     add_special_tokens=add_special).input_ids
+            for i, row in zip(which, ids, strict=True):
+                lengths[i] = len(row)
+        return lengths
 
     def _resolve_letter_ids(self) -> tuple[int, ...]:
         """Token id of each letter as the model would emit it right after the prompt.
@@ -342,8 +403,20 @@ class HFModelAdapter(ModelAdapter):
 
     # -- scoring -------------------------------------------------------------------------
     def encode(self, samples: Sequence[Sample]) -> BatchFeature:
-        """Left-padded model inputs; images as one list per sample (text-only ones empty)."""
-        samples = list(samples)
+        """Left-padded model inputs on the model's device; images as one list per sample."""
+        return self._encode_on_host(samples).to(self.device)
+
+    def prepare(self, samples: Sequence[Sample]) -> PreparedBatch:
+        """`encode` on the host, with its images' key: safe to run beside a forward pass."""
+        inputs = self._encode_on_host(samples)
+        key = image_inputs_key(inputs) if self.image_encoder is not None else None
+        return PreparedBatch(inputs, key)
+
+    def _encode_on_host(self, samples: Sequence[Sample]) -> BatchFeature:
+        with self._tokenizer_lock:
+            return self._encode_tokens_and_images(list(samples))
+
+    def _encode_tokens_and_images(self, samples: list[Sample]) -> BatchFeature:
         texts = [self.render(s) for s in samples]
         add_special = {self._adds_special_tokens(t) for t in texts}
         if len(add_special) != 1:
@@ -365,7 +438,7 @@ class HFModelAdapter(ModelAdapter):
         else:
             encoding = self.processor(text=texts, padding=True, return_tensors="pt",
                                       add_special_tokens=add_special_tokens)
-        return _left_align(encoding).to(self.device)
+        return _left_align(encoding)
 
     def _encode_images(self, samples: Sequence[Sample], add_special_tokens: bool
                        ) -> BatchFeature:
@@ -392,24 +465,60 @@ class HFModelAdapter(ModelAdapter):
         """Logits over the vocabulary at the answer position, (batch, vocab), in float32."""
         return self.model(**inputs).logits[:, -1, :].float()
 
+    @cached_property
+    def image_encoder(self) -> Callable[..., object] | None:
+        """The model's own image encoder, where its forward takes the encoder's output.
+
+        transformers' `generate` encodes images once through `base_model.get_image_features`
+        and passes `mm_encoder_outputs`; scoring uses the same pair to encode a batch's
+        images once for all the conditions that change only its text.
+        """
+        forward = inspect.signature(self.model.forward).parameters
+        if (not self.reuses_image_features or "mm_encoder_outputs" not in forward
+                or "image" not in getattr(self.model, "input_modalities", ())):
+            return None
+        return getattr(self.model.base_model, "get_image_features", None)
+
+    def _with_image_features(self, inputs: BatchFeature, image_key: str | None) -> BatchFeature:
+        """`inputs` plus the image encoder's output: reused if a batch had the same images."""
+        if image_key is None or self.image_encoder is None:
+            return inputs
+        wanted = inspect.signature(self.image_encoder).parameters
+        encoder_inputs = {k: v for k, v in inputs.items() if k in wanted}
+        if self._image_features is not None and self._image_features[0] == image_key:
+            features = self._image_features[1]
+            self.image_feature_reuses += 1
+        else:
+            self._image_features = None  # freed before the next encoding is made
+            features = self.image_encoder(**encoder_inputs, return_dict=True)
+            self._image_features = (image_key, features)
+        # the forward refuses pixels beside their encoding; grids and sizes it still reads
+        # (Qwen2-VL's rope positions come from `image_grid_thw`)
+        rest = {k: v for k, v in inputs.items() if k not in PIXEL_KEYS}
+        return BatchFeature({**rest, "mm_encoder_outputs": {"image": features}})
+
     @torch.no_grad()
-    def _probs(self, samples: Sequence[Sample]) -> list[np.ndarray]:
-        logits = self.answer_logits(self.encode(samples))
+    def _probs(self, samples: Sequence[Sample], prepared: PreparedBatch | None
+               ) -> list[np.ndarray]:
+        prepared = self.prepare(samples) if prepared is None else prepared
+        inputs = self._with_image_features(prepared.inputs.to(self.device), prepared.image_key)
+        logits = self.answer_logits(inputs)
         out = []
         for row, sample in zip(logits, samples):
             letters = torch.tensor(self.letter_ids[: len(sample.options)], device=row.device)
             out.append(torch.softmax(row[letters].double(), dim=-1).cpu().numpy())
         return out
 
-    def option_probs(self, samples: Sequence[Sample]) -> list[np.ndarray]:
+    def option_probs(self, samples: Sequence[Sample], prepared: PreparedBatch | None = None
+                     ) -> list[np.ndarray]:
         """Option distributions; a batch that runs out of GPU memory is split in halves.
 
         Each sample's numbers do not depend on its batch, so splitting changes nothing but
-        speed; `oom_backoffs` counts the splits.
+        speed; `oom_backoffs` counts the splits. `prepared`: this batch's `prepare` output.
         """
         samples = list(samples)
         try:
-            return self._probs(samples)
+            return self._probs(samples, prepared)
         except OOM_ERRORS as err:
             if len(samples) == 1:
                 raise CheckpointError(
@@ -419,6 +528,7 @@ class HFModelAdapter(ModelAdapter):
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         # Retried outside the except block, so the failed attempt's tensors are freed first.
         self.oom_backoffs += 1
+        self._image_features = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         half = len(samples) // 2

@@ -30,6 +30,8 @@ class InstructBlipAdapter(HFModelAdapter):
     default_prompt_format = "{prompt}\nAnswer:"
     # The processor prefixes query tokens to every prompt once any image is in the call.
     encode_text_only_apart = True
+    # The Q-Former encodes each image together with its prompt: no two conditions share it.
+    reuses_image_features = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

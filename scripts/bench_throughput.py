@@ -4,7 +4,9 @@ Prints samples/s of (1) the suite end to end (`run_benchmark`: batch plan, optio
 from one forward pass per batch, records written and flushed, metrics), (2) the bare batched
 forward passes on the same batches, pre-encoded (the limit for (1)), and
 (3) per-sample greedy `generate` + answer parsing (how the study's code scored), on the same
-model and samples, plus their ratios and how often the two scorers agree.
+model and samples, plus their ratios and how often the two scorers agree. Then (1) and (2)
+again for image-heavy samples under clean + the text conditions, where the suite encodes each
+batch's images once for all three and the bare forward passes encode them every time.
 
     python scripts/bench_throughput.py                       # toy model, 256 samples
     python scripts/bench_throughput.py --model /path/to/ckpt --n 64 --batch-size 8
@@ -17,14 +19,16 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from mibench.cli import asset_path
 from mibench.models.hf import HFModelAdapter
+from mibench.perturbations.text import MisleadingText, UnrelatedText
 from mibench.records import Sample
-from mibench.runner import batch_plan, run_benchmark
+from mibench.runner import batch_plan, perturb_all, run_benchmark
 from mibench.tasks.base import Task
 from mibench.tasks.shapes import ShapesTask
 
@@ -52,6 +56,27 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def best_of_interleaved(suite, bare, repeat: int) -> tuple[float, float, object]:
+    """Best times of `suite` and `bare`, alternated so both see the same machine."""
+    t_suite, t_bare, out = float("inf"), float("inf"), None
+    for _ in range(max(1, repeat)):
+        elapsed, out = timed(suite)
+        t_suite = min(t_suite, elapsed)
+        t_bare = min(t_bare, timed(bare)[0])
+    return t_suite, t_bare, out
+
+
+def bare_forward(adapter: HFModelAdapter, encoded: list) -> Callable[[], None]:
+    """The model's forward passes alone, on inputs encoded in advance (waited for on a GPU)."""
+    def run() -> None:
+        with torch.no_grad():
+            for inputs in encoded:
+                adapter.model(**inputs)
+        if adapter.device.type == "cuda":
+            torch.cuda.synchronize(adapter.device)
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=asset_path("toy_llava"))
@@ -59,16 +84,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=5,
                         help="best of this many timings (the generate loop runs once)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    adapter = HFModelAdapter.from_pretrained(args.model, device="cpu")
+    adapter = HFModelAdapter.from_pretrained(args.model, device=args.device)
     half = args.n // 2
     samples: list[Sample] = (ShapesTask("image_heavy", half, name="ih").samples()
                              + ShapesTask("text_heavy", args.n - half, name="th").samples())
-    lengths = [adapter.prompt_length(s) for s in samples]
+    lengths = adapter.prompt_lengths(samples)
     batches = [[samples[i] for i in b] for b in batch_plan(samples, lengths, args.batch_size)]
     adapter.option_probs(batches[0])  # warm-up
 
@@ -83,19 +109,8 @@ def main() -> None:
             rows = map(json.loads, (Path(out_dir) / "records.jsonl").read_text().splitlines())
             return {row["sample_id"]: row["prediction"] for row in rows}
 
-    encoded = [adapter.encode(b) for b in batches]
-
-    def bare() -> None:
-        with torch.no_grad():
-            for inputs in encoded:
-                adapter.model(**inputs)
-
-    # interleaved, so that both see the same machine; the best of each
-    t_suite, t_bare = float("inf"), float("inf")
-    for _ in range(max(1, args.repeat)):
-        elapsed, records = timed(suite)
-        t_suite = min(t_suite, elapsed)
-        t_bare = min(t_bare, timed(bare)[0])
+    bare = bare_forward(adapter, [adapter.encode(b) for b in batches])
+    t_suite, t_bare, records = best_of_interleaved(suite, bare, args.repeat)
     suite_pred = [records[s.id] for b in batches for s in b]
 
     def generate_loop() -> list[int | None]:
@@ -115,14 +130,37 @@ def main() -> None:
     n = len(samples)
     unparsed = sum(p is None for p in gen_pred)
     agree = sum(a == b for a, b in zip(suite_pred, gen_pred, strict=True)) / n
-    print(f"model {args.model}  samples {n}  batch size {args.batch_size}  "
-          f"threads {args.threads}  best of {args.repeat}")
+    print(f"model {args.model}  device {args.device}  samples {n}  batch size "
+          f"{args.batch_size}  threads {args.threads}  best of {args.repeat}")
     print(f"suite (run_benchmark, clean):      {n / t_suite:9.1f} samples/s")
     print(f"bare batched forward (the limit):  {n / t_bare:9.1f} samples/s  "
           f"(suite overhead {100 * (t_suite / t_bare - 1):.1f}%)")
     print(f"per-sample generate + parse:       {n / t_gen:9.1f} samples/s")
     print(f"suite / generate loop:             {t_gen / t_suite:9.1f}x")
     print(f"answers agree: {100 * agree:.1f}%   unparsed generations: {unparsed}")
+
+    # image-heavy under clean + the text conditions: the images of a batch are shared
+    text_conditions = {"unrelated_text": UnrelatedText(), "misleading_text": MisleadingText()}
+    ih_samples = ShapesTask("image_heavy", args.n, name="ih").samples()
+    image_heavy = {"ih": FixedTask("ih", "image_heavy", ih_samples)}
+    variants = [ih_samples] + [perturb_all(ih_samples, c, 0, "ih")
+                               for c in text_conditions.values()]
+    grid_bare = bare_forward(adapter, [
+        adapter.encode([v[i] for i in batch]) for v in variants
+        for batch in batch_plan(v, adapter.prompt_lengths(v), args.batch_size)])
+
+    def grid_suite() -> None:
+        adapter.clear_caches()
+        with tempfile.TemporaryDirectory() as out_dir:
+            run_benchmark(adapter, image_heavy, text_conditions, out_dir,
+                          batch_size=args.batch_size, progress=False)
+
+    t_grid, t_grid_bare, _ = best_of_interleaved(grid_suite, grid_bare, args.repeat)
+    scored = len(variants) * args.n
+    print(f"image-heavy x (clean, unrelated, misleading): {scored} scored samples")
+    print(f"suite (images encoded once a batch): {scored / t_grid:9.1f} samples/s")
+    print(f"bare batched forward (every time):   {scored / t_grid_bare:9.1f} samples/s  "
+          f"(suite overhead {100 * (t_grid / t_grid_bare - 1):.1f}%)")
 
 
 if __name__ == "__main__":

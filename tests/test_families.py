@@ -198,6 +198,27 @@ def test_instructblip_qformer_prompt_starts_at_position_zero(family_root):
     assert (mask[:, 0] == 1).all() and (mask[:, 1:] <= mask[:, :-1]).all() and (mask == 0).any()
 
 
+def test_reused_image_features_give_the_same_numbers(loaded):
+    """A batch scored again with a new text but the same images reuses the image encoder's
+    output (where the family's forward takes `mm_encoder_outputs`), bit for bit."""
+    family, adapter = loaded
+    samples = image_samples(family, n=3)
+    retexted = [dataclasses.replace(s, question=s.question + " (think again)") for s in samples]
+    direct = []
+    with torch.no_grad():
+        for batch in (samples, retexted):
+            logits = adapter.answer_logits(adapter.encode(batch))
+            direct.append([torch.softmax(row[list(adapter.letter_ids[:len(s.options)])]
+                                         .double(), -1).numpy() for row, s in zip(logits, batch)])
+    adapter.clear_caches()
+    before = adapter.image_feature_reuses
+    for batch, expected in zip((samples, retexted), direct, strict=True):
+        for got, want in zip(adapter.option_probs(batch), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+    if adapter.reuses_image_features:  # all but InstructBLIP, whose Q-Former reads the prompt
+        assert adapter.image_feature_reuses == before + 1
+
+
 # -- loading, precision, errors -----------------------------------------------------------
 @pytest.fixture(scope="session")
 def llava(family_root) -> Family:

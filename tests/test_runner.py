@@ -100,8 +100,39 @@ def test_broken_perturbations_name_the_sample_and_keep_clean_records(
     assert len(read_records(tmp_path)) == 3  # the clean condition was kept
 
 
+class ExplodesOnText(Perturbation):
+    name, touches = "explodes_on_text", "text"
+
+    def apply(self, sample, rng):
+        raise ValueError("no facts for this label")
+
+
+def test_a_failing_text_perturbation_keeps_the_conditions_scored_with_clean(tiny_adapter,
+                                                                             tmp_path):
+    """Text-only conditions are scored with clean, batch by batch; one that fails to build
+    is reported by name once clean and the conditions before it are stored."""
+    tasks = {"ih": ListTask("ih", "image_heavy", image_heavy_samples(3))}
+    conditions = {"unrelated_text": UnrelatedText(), "explodes_on_text": ExplodesOnText()}
+    with pytest.raises(PerturbationError, match="'explodes_on_text' failed on sample 'ih-0'"):
+        run_benchmark(tiny_adapter, tasks, conditions, tmp_path, progress=False)
+    stored = {key[1] for key in read_records(tmp_path)}
+    assert stored == {"clean", "unrelated_text"}
+
+
 def test_perturbation_that_no_task_allows_is_refused(tiny_adapter, tmp_path):
     tasks = {"ih": ListTask("ih", "image_heavy", image_heavy_samples(2))}
     with pytest.raises(ValueError, match="touches the image modality, which every task"):
         run_benchmark(tiny_adapter, tasks, {"black_image": BlankImage("black_image")},
                       tmp_path, progress=False)
+
+
+def test_text_conditions_reuse_the_image_encoding_of_clean(tiny_adapter, tmp_path):
+    """Clean and the conditions that change only text share a batch plan and are scored
+    batch by batch, so each batch's images are encoded once."""
+    tasks, conditions = grid()
+    del conditions["black_image"]
+    before = tiny_adapter.image_feature_reuses
+    run_benchmark(tiny_adapter, {"ih": tasks["ih"]}, conditions, tmp_path, batch_size=3,
+                  progress=False)
+    batches = 3  # 7 samples in batches of 3
+    assert tiny_adapter.image_feature_reuses - before == batches * len(conditions)
