@@ -31,6 +31,9 @@ from .store import RecordStore, check_fingerprint
 log = logging.getLogger(__name__)
 
 CLEAN = "clean"
+# Bumped whenever `batch_plan` or the grouping of conditions into plans changes: a directory
+# begun under another plan is refused rather than resumed with different batches.
+BATCH_PLAN_VERSION = 2
 
 
 class PerturbationError(RuntimeError):
@@ -131,18 +134,20 @@ def score_conditions(model: ModelAdapter, runs: Sequence[ConditionRun], task: st
     """Score conditions that share one batch plan, storing each batch as it finishes.
 
     The conditions hold the same samples in the same order (they differ only in text), so
-    one plan, sorted by the prompts' summed lengths, serves them all and batch i of each is
-    scored in turn: consecutive forward passes see the same images, and an adapter can reuse
-    their encoding. The plan covers all samples, done or not, so a batch always holds the
-    same samples: a resumed run recomputes an unfinished batch whole and stores only its
-    missing records. The next batch is prepared while this one is scored.
+    one plan serves them all and batch i of each is scored in turn: consecutive forward
+    passes see the same images, and an adapter can reuse their encoding. The plan is sorted
+    by the first condition's prompt lengths alone, so clean batches (and those of attacks,
+    which start from clean) never depend on which other conditions are configured. It
+    covers all samples, done or not, so a batch always holds the same samples: a resumed run
+    recomputes an unfinished batch whole and stores only its missing records. The next batch
+    is prepared while this one is scored.
     """
     ids = [s.id for s in runs[0].samples]
     for run in runs[1:]:
         if [s.id for s in run.samples] != ids:
             raise ValueError(f"task {task!r}: condition {run.name!r} does not hold the samples "
                              f"of {runs[0].name!r} in the same order; it needs its own plan")
-    lengths = np.sum([model.prompt_lengths(run.samples) for run in runs], axis=0).tolist()
+    lengths = model.prompt_lengths(runs[0].samples)
     batches = my_share(batch_plan(runs[0].samples, lengths, batch_size), processes)
     todo = [(run, [run.samples[i] for i in batch]) for batch in batches for run in runs
             if any((task, run.name, run.samples[i].id) not in store for i in batch)]
@@ -153,18 +158,21 @@ def score_conditions(model: ModelAdapter, runs: Sequence[ConditionRun], task: st
     bars = {name: tqdm(total=total, desc=f"{task}/{name}", unit="sample", position=k,
                        disable=not show, leave=False)
             for k, (name, total) in enumerate((n, t) for n, t in left.items() if t)}
-    for (run, chunk), prepared in prefetched(lambda item: item[0].scorer.prepare(item[1]),
-                                             todo):
-        probs, lures = run.scorer.score(chunk, prepared)
-        store.append(
-            Record(task=task, condition=run.name, sample_id=s.id,
-                   probs=tuple(float(x) for x in p), prediction=int(p.argmax()),
-                   gold=s.answer, lure=None if lure is None else int(lure))
-            for s, p, lure in zip(chunk, probs, lures, strict=True)
-        )
-        bars[run.name].update(len(chunk))
-    for bar in bars.values():
-        bar.close()
+    try:
+        for (run, chunk), prepared in prefetched(
+                lambda item: item[0].scorer.prepare(item[1]), todo):
+            probs, lures = run.scorer.score(chunk, prepared)
+            store.append(
+                Record(task=task, condition=run.name, sample_id=s.id,
+                       probs=tuple(float(x) for x in p), prediction=int(p.argmax()),
+                       gold=s.answer, lure=None if lure is None else int(lure))
+                for s, p, lure in zip(chunk, probs, lures, strict=True)
+            )
+            bars[run.name].update(len(chunk))
+    finally:
+        model.drop_reused_inputs()
+        for bar in bars.values():
+            bar.close()
 
 
 def run_benchmark(
@@ -194,11 +202,13 @@ def run_benchmark(
                 f"perturbation {name!r} touches the {perturbation.touches} modality, which "
                 f"every task here ({', '.join(tasks)}) needs to answer; nothing to measure")
     processes = distributed.current()
+    # the plan decides each sample's batch, so a resumed run must use the plan that began it
+    prints = {**(fingerprint or {}), "batch_plan": BATCH_PLAN_VERSION}
     if processes.is_main:  # checks a resumed directory, or records a new one's fingerprint
-        check_fingerprint(out_dir, fingerprint or {}, write=True)
+        check_fingerprint(out_dir, prints, write=True)
     distributed.barrier(processes)
     if not processes.is_main:
-        check_fingerprint(out_dir, fingerprint or {}, write=False)
+        check_fingerprint(out_dir, prints, write=False)
     store = RecordStore(out_dir, rank=processes.index)
     distributed.barrier(processes)  # every process has read the shards before any appends
 
@@ -214,8 +224,9 @@ def run_benchmark(
         conditions[task_name] = [CLEAN, *applied]
         score = partial(score_conditions, model, task=task_name, store=store,
                         batch_size=batch_size, processes=processes, progress=progress)
-        # clean and the conditions that change only its text share the clean images: scored
-        # together, first; a perturbation that fails is raised once the others are stored
+        # clean and the conditions that change only its text share the clean images: they
+        # are scored together, first; a text perturbation that fails to build is raised once
+        # everything else of the task is stored
         same_images = [ConditionRun(CLEAN, samples, model_scorer(model))]
         failure: PerturbationError | None = None
         for name, perturbation in applied.items():
@@ -225,11 +236,8 @@ def run_benchmark(
                         name, perturb_all(samples, perturbation, seed, task_name),
                         model_scorer(model)))
                 except PerturbationError as err:
-                    failure = err
-                    break
+                    failure = failure or err
         score(same_images)
-        if failure is not None:
-            raise failure
         for name, perturbation in applied.items():
             if isinstance(perturbation, Attack):
                 score([ConditionRun(name, samples,
@@ -237,6 +245,8 @@ def run_benchmark(
             elif perturbation.touches != "text":
                 score([ConditionRun(name, perturb_all(samples, perturbation, seed, task_name),
                                     model_scorer(model))])
+        if failure is not None:
+            raise failure
 
     gathered = distributed.gather(store.new, processes)
     if not processes.is_main:

@@ -35,6 +35,14 @@ class ModelAdapter(ABC):
         """
         return None
 
+    def drop_reused_inputs(self) -> None:
+        """Forget what was kept from one batch for the next (a batch plan has ended).
+
+        Whatever an adapter reuses between batches (an image encoding) is valid only within
+        one plan, with the same weights; the runner calls this when a plan is done.
+        """
+        return None
+
     @abstractmethod
     def prompt_length(self, sample: Sample) -> int:
         """Tokens in the sample's prompt; the runner sorts batches by it."""

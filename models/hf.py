@@ -335,6 +335,9 @@ class HFModelAdapter(ModelAdapter):
     def clear_caches(self) -> None:
         """Forget rendered prompts and image features (benchmarks time them too)."""
         self._rendered.clear()
+        self.drop_reused_inputs()
+
+    def drop_reused_inputs(self) -> None:
         self._image_features = None
 
     def apply_chat_template(self, messages: list[dict]) -> str:
@@ -500,8 +503,11 @@ class HFModelAdapter(ModelAdapter):
     @torch.no_grad()
     def _probs(self, samples: Sequence[Sample], prepared: PreparedBatch | None
                ) -> list[np.ndarray]:
-        prepared = self.prepare(samples) if prepared is None else prepared
-        inputs = self._with_image_features(prepared.inputs.to(self.device), prepared.image_key)
+        if prepared is None:  # a direct call: nothing is reused (the weights may have changed)
+            prepared = PreparedBatch(self._encode_on_host(samples), image_key=None)
+        # a copy is moved, so the prepared batch keeps no device memory (OOM retries)
+        inputs = BatchFeature(dict(prepared.inputs)).to(self.device)
+        inputs = self._with_image_features(inputs, prepared.image_key)
         logits = self.answer_logits(inputs)
         out = []
         for row, sample in zip(logits, samples):
@@ -528,7 +534,7 @@ class HFModelAdapter(ModelAdapter):
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         # Retried outside the except block, so the failed attempt's tensors are freed first.
         self.oom_backoffs += 1
-        self._image_features = None
+        self.drop_reused_inputs()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         half = len(samples) // 2

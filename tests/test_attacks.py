@@ -288,6 +288,21 @@ def test_attack_records_do_not_depend_on_batch_size(tiny_adapter, tmp_path):
         assert runs[4][key]["prediction"] == ref["prediction"]
 
 
+def test_eps_zero_records_equal_clean_beside_text_conditions(tiny_adapter, tmp_path):
+    """Clean shares its plan with the text conditions; the attack, which starts from clean,
+    must still meet each sample in the same batch as clean did."""
+    samples = [dataclasses.replace(s, id=f"s{i}",  # lengths that the text conditions reorder
+                                   question="what shape is in the image ?" + " ?" * (i % 7))
+               for i, s in enumerate(image_heavy_samples(16))]
+    conditions = {"misleading_text": MisleadingText(),
+                  "pgd0": EmbeddingPGD(name="pgd0", mask="text", eps=0.0, steps=1)}
+    run_benchmark(tiny_adapter, {"t": ListTask("t", "image_heavy", samples)}, conditions,
+                  tmp_path, batch_size=4, progress=False)
+    records = read_records(tmp_path)
+    for s in samples:
+        assert records[("t", "pgd0", s.id)]["probs"] == records[("t", "clean", s.id)]["probs"]
+
+
 def test_robust_accuracy_does_not_increase_with_eps(tiny_adapter, tmp_path):
     samples = [dataclasses.replace(s, id=f"s{i}") for i, s in enumerate(distracted(16))]
     epsilons = (0.0, 0.05, 0.1, 0.2, 0.5, 2.0)

@@ -136,3 +136,12 @@ def test_text_conditions_reuse_the_image_encoding_of_clean(tiny_adapter, tmp_pat
                   progress=False)
     batches = 3  # 7 samples in batches of 3
     assert tiny_adapter.image_feature_reuses - before == batches * len(conditions)
+    assert tiny_adapter._image_features is None  # not kept past the plan (weights may change)
+
+
+def test_a_directory_begun_under_another_batch_plan_is_refused(tiny_adapter, tmp_path):
+    tasks, conditions = grid()
+    (tmp_path / "fingerprint.json").write_text(json.dumps({"seed": 1}))  # no plan version
+    with pytest.raises(ResumeMismatchError, match="batch_plan"):
+        run_benchmark(tiny_adapter, tasks, conditions, tmp_path, seed=1, progress=False,
+                      fingerprint={"seed": 1})
