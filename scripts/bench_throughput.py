@@ -85,12 +85,13 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--repeat", type=int, default=5,
                         help="best of this many timings (the generate loop runs once)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    adapter = HFModelAdapter.from_pretrained(args.model, device=args.device)
+    adapter = HFModelAdapter.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     half = args.n // 2
     samples: list[Sample] = (ShapesTask("image_heavy", half, name="ih").samples()
                              + ShapesTask("text_heavy", args.n - half, name="th").samples())
