@@ -70,10 +70,10 @@ def image_inputs_key(encoding: BatchFeature) -> str | None:
     Two batches with the same digest give the image encoder identical inputs, hence identical
     outputs: reusing one is exact, not approximate.
     """
-    image_parts = sorted(k for k, v in encoding.items()
-                         if k not in TOKEN_KEYS and isinstance(v, torch.Tensor))
     if not any(k in encoding for k in PIXEL_KEYS):
         return None
+    image_parts = sorted(k for k, v in encoding.items()
+                         if k not in TOKEN_KEYS and isinstance(v, torch.Tensor))
     digest = hashlib.blake2b(digest_size=16)
     for key in image_parts:
         tensor = encoding[key].detach().cpu().contiguous()
@@ -486,14 +486,14 @@ class HFModelAdapter(ModelAdapter):
         """`inputs` plus the image encoder's output: reused if a batch had the same images."""
         if image_key is None or self.image_encoder is None:
             return inputs
-        wanted = inspect.signature(self.image_encoder).parameters
-        encoder_inputs = {k: v for k, v in inputs.items() if k in wanted}
         if self._image_features is not None and self._image_features[0] == image_key:
             features = self._image_features[1]
             self.image_feature_reuses += 1
         else:
             self._image_features = None  # freed before the next encoding is made
-            features = self.image_encoder(**encoder_inputs, return_dict=True)
+            wanted = inspect.signature(self.image_encoder).parameters
+            features = self.image_encoder(**{k: v for k, v in inputs.items() if k in wanted},
+                                          return_dict=True)
             self._image_features = (image_key, features)
         # the forward refuses pixels beside their encoding; grids and sizes it still reads
         # (Qwen2-VL's rope positions come from `image_grid_thw`)
