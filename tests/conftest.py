@@ -11,6 +11,8 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+from families_builders import FAMILIES, Family, load, missing_requirement  # noqa: E402
+
 from mibench.models import toy_builder  # noqa: E402
 from mibench.models.hf import HFModelAdapter  # noqa: E402
 from mibench.prompts import ANSWER_INSTRUCTION  # noqa: E402
@@ -66,3 +68,13 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_adapter(tiny_checkpoint) -> HFModelAdapter:
     return HFModelAdapter.from_pretrained(tiny_checkpoint, name="tiny", device="cpu")
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request, tmp_path_factory) -> tuple[Family, HFModelAdapter]:
+    """Each model family's tiny checkpoint, loaded afresh for each test module (a module may
+    change its weights); skipped where the family's requirements are missing."""
+    reason = missing_requirement(request.param)
+    if reason:
+        pytest.skip(reason)
+    return load(request.param, tmp_path_factory.mktemp(f"family-{request.param}"))

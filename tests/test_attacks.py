@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import WORDS, ListTask, image_heavy_samples, make_image, text_heavy_samples
-from families_builders import FAMILIES, build, load, missing_requirement
+from families_builders import build
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from hypothesis import given, settings
@@ -363,14 +363,6 @@ def test_bad_inputs_are_refused_by_name(tiny_adapter):
 
 
 # -- other model families (tiny random checkpoints from tests/families_builders.py) ----------
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def family(request, tmp_path_factory):
-    reason = missing_requirement(request.param)
-    if reason:
-        pytest.skip(reason)
-    return load(request.param, tmp_path_factory.mktemp("attack-families"))
-
-
 def test_attacks_run_on_every_family_or_refuse_it_by_name(family):
     fam, adapter = family
     sizes = fam.sizes

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import torch
 from conftest import image_heavy_samples, make_image, text_heavy_samples
-from families_builders import FAMILIES, load, missing_requirement
 
 from mibench.perturbations.image import BlankImage
 from mibench.perturbations.pgd_embed import EmbeddingPGD
@@ -16,14 +14,6 @@ from mibench.perturbations.text import MisleadingText
 from mibench.seeding import rng_for
 from mibench.training_data import Pair
 from mibench.training_objective import LossWeights, batch_loss
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def family(request, tmp_path_factory):
-    reason = missing_requirement(request.param)
-    if reason:
-        pytest.skip(reason)
-    return load(request.param, tmp_path_factory.mktemp("train-families"))
 
 
 def study_pairs(sizes) -> list[Pair]:
