@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import MibenchError
 from .records import Record
 from .report import METRICS_FILE
 from .runner import CLEAN
@@ -28,7 +29,7 @@ ALPHA = 0.05
 METRICS = {"accuracy": "Accuracy", "flip_rate": "Flip rate (answer changed vs clean)"}
 
 
-class IncomparableRunsError(ValueError):
+class IncomparableRunsError(MibenchError, ValueError):
     """Two runs that did not measure the same thing; the message says what differs."""
 
 

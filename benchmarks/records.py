@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from .errors import MibenchError
+
 Category = Literal["image_heavy", "text_heavy", "vqa"]
 Modality = Literal["text", "image"]
 CATEGORIES: tuple[str, ...] = ("image_heavy", "text_heavy", "vqa")
@@ -22,7 +24,7 @@ RELEVANT_MODALITIES: dict[str, frozenset[str]] = {
 }
 
 
-class SampleError(ValueError):
+class SampleError(MibenchError, ValueError):
     """A sample that cannot be scored; the message names the sample."""
 
 

@@ -24,6 +24,7 @@ from mibench.tasks.base import Task
 
 from . import distributed, scoring
 from .distributed import Processes, my_share
+from .errors import MibenchError
 from .prefetch import prefetched
 from .seeding import rng_for, stable_seed
 from .store import RecordStore, check_fingerprint
@@ -36,7 +37,7 @@ CLEAN = "clean"
 BATCH_PLAN_VERSION = 2
 
 
-class PerturbationError(RuntimeError):
+class PerturbationError(MibenchError, RuntimeError):
     """A perturbation failed on, or broke the contract for, a named sample."""
 
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import MibenchError
 from .records import Record
 
 RECORDS_FILE = "records.jsonl"
@@ -19,7 +20,7 @@ FINGERPRINT_FILE = "fingerprint.json"
 SHARDS_DIR = "shards"
 
 
-class ResumeMismatchError(RuntimeError):
+class ResumeMismatchError(MibenchError, RuntimeError):
     """An output directory holds records of a differently configured run."""
 
 

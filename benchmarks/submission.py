@@ -32,6 +32,7 @@ import numpy as np
 from mibench import __version__
 
 from . import scoring
+from .errors import MibenchError
 from .prompts import ANSWER_INSTRUCTION
 from .records import Record
 from .report import METRICS_FILE, SCHEMA_VERSION, config_hash
@@ -48,7 +49,7 @@ TARGET_PREFIX = "mibench."  # the only `_target_`s a submitted config may instan
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(MibenchError, ValueError):
     """A submission that cannot be accepted; `problems` lists every reason found."""
 
     def __init__(self, source: str | Path, problems: list[str]) -> None:

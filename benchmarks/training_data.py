@@ -19,13 +19,14 @@ from mibench.perturbations.base import Perturbation
 from mibench.records import RELEVANT_MODALITIES, Sample
 from mibench.tasks.base import Task
 
+from .errors import MibenchError
 from .runner import check_untouched
 from .seeding import rng_for
 
 SALT = "train"
 
 
-class SplitLeakError(ValueError):
+class SplitLeakError(MibenchError, ValueError):
     """Training samples that the evaluation also scores; the message names them."""
 
 

@@ -27,6 +27,7 @@ from transformers import (
     ProcessorMixin,
 )
 
+from mibench.errors import MibenchError
 from mibench.prompts import chat_messages, format_prompt
 from mibench.records import OPTION_LETTERS, Sample
 
@@ -82,11 +83,11 @@ def image_inputs_key(encoding: BatchFeature) -> str | None:
     return digest.hexdigest()
 
 
-class AnswerTokenError(RuntimeError):
+class AnswerTokenError(MibenchError, RuntimeError):
     """The tokenizer cannot represent an option letter as one token at the answer position."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MibenchError, RuntimeError):
     """A checkpoint that cannot be loaded or prompted; the message names it and the fix."""
 
 

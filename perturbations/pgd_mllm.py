@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mibench.errors import MibenchError
 from mibench.records import Sample
 
 from .base import Attack, Perturbation
@@ -27,7 +28,7 @@ from .pgd import Evaluation, PGDResult, check_threat_model
 TARGETS = (None, "lure", "random")
 
 
-class AttackError(RuntimeError):
+class AttackError(MibenchError, RuntimeError):
     """An attack cannot run on this model or sample; the message says which and why."""
 
 

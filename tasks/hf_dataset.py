@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mibench.errors import MibenchError
 from mibench.prompts import question_template
 from mibench.records import OPTION_LETTERS, Category, Sample
 
@@ -39,7 +40,7 @@ from .sampling import stratified_indices
 MISSING_TEXT = {"", "nan", "none", "null"}
 
 
-class DatasetLoadError(FileNotFoundError):
+class DatasetLoadError(MibenchError, FileNotFoundError):
     """A task's data is not where its config says; the message names task, path and layout."""
 
 
