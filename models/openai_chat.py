@@ -110,7 +110,7 @@ class OpenAIChatAdapter(ModelAdapter):
     `model` is the server's name for it; `api_key_env` the NAME of the environment variable
     holding the key (unset: no key is sent, as local servers need none). `logprobs`:
     "auto" detects once whether the server returns top log-probabilities (vLLM and SGLang
-    do, `transformers serve` refuses them), True requires them, False never asks.
+    do; `transformers serve` ignores the request), True requires them, False never asks.
     """
 
     def __init__(self, base_url: str, model: str, *, name: str | None = None,

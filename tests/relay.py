@@ -3,7 +3,8 @@
 It forwards every POST to the upstream server unchanged (headers included) and returns its
 answer, unless a fault is queued for that request: an HTTP status (429, 503, ...) answered
 by the relay itself, "drop" (the connection closed with no answer, as a dying server does),
-or "echo_key" (a 401 that quotes the Authorization header back, as hosted APIs do).
+"stall" (no answer for `stall_s` seconds, then dropped), or "echo_key" (a 401 that quotes
+the Authorization header back, as hosted APIs do).
 If the upstream cannot be reached, the connection is dropped the same way.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter, deque
@@ -28,6 +30,7 @@ class Relay:
         self.in_flight = self.max_in_flight = 0
         self.after_forward: Callable[[int], None] | None = None
         self.barrier: threading.Barrier | None = None  # hold requests until N are in flight
+        self.stall_s = 10.0
         self.lock = threading.Lock()
         relay = self
 
@@ -107,7 +110,9 @@ class Relay:
         request.wfile.write(body)
 
     def inject(self, request: BaseHTTPRequestHandler, fault: int | str, auth: str | None) -> None:
-        if fault == "drop":
+        if fault in ("drop", "stall"):
+            if fault == "stall":
+                time.sleep(self.stall_s)
             request.close_connection = True
         elif fault == "echo_key":
             message = f"Incorrect API key provided: {auth}"

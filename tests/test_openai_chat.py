@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import deque
 
 import numpy as np
 import pytest
@@ -135,6 +136,32 @@ def test_429_503_and_dropped_connections_are_retried_and_counted(toy_server, toy
     assert relay.injected == {"429": 2, "503": 2, "drop": 1}
     assert stats.retries == {"429": 2, "503": 2, "connection": 1}
     assert relay.forwarded == 7 and stats.sent == 7 + 5  # 6 samples + probe, + 5 retried
+
+
+def test_a_request_that_times_out_is_sent_again(toy_server, toy_samples, direct_answers,
+                                               tmp_path):
+    with Relay(f"http://127.0.0.1:{toy_server.port}") as relay:
+        adapter = adapter_for(relay.base_url, toy_server.model, tmp_path, timeout_s=5)
+        adapter.describe()
+        relay.stall_s, relay.faults = 8, deque(["stall"])
+        answers = adapter.generate(toy_samples[-1:], max_new_tokens=MAX_NEW_TOKENS)
+        assert adapter.stats().retries.get("timeout", 0) >= 1
+        adapter.close()
+    assert [g.text for g in answers] == direct_answers[-1:]
+
+
+def test_a_server_refusing_logprobs_is_asked_once_and_the_reason_kept(toy_server, tmp_path):
+    """Servers differ: `transformers serve` 5.24 ignores the fields, others answer 400."""
+    with Relay(f"http://127.0.0.1:{toy_server.port}") as relay:
+        relay.faults.append(400)  # the probe that asks for log-probabilities
+        adapter = adapter_for(relay.base_url, toy_server.model, tmp_path)
+        info = adapter.describe()["logprobs"]
+        assert info["available"] is False and info["reason"].startswith("HTTP 400")
+        assert info["reason"].endswith('"injected 400"}}') and relay.forwarded == 1
+        adapter.close()
+        again = adapter_for(relay.base_url, toy_server.model, tmp_path)
+        assert again.describe()["logprobs"] == info and len(relay.authorizations) == 2
+        again.close()
 
 
 def test_retries_spent_raise_a_clear_error(toy_server, toy_samples, tmp_path):
