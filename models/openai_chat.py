@@ -144,6 +144,9 @@ class OpenAIChatAdapter(ModelAdapter):
         self.instruction = instruction
         self.cache = ResponseCache(cache_file(cache_dir or default_cache_dir(), model))
         self._key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+        if self.api_key_env and not self._key:
+            log.info("%s: $%s is unset or empty: no API key is sent (fine for a local server)",
+                     self.name, self.api_key_env)
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
