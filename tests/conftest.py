@@ -13,8 +13,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 from families_builders import FAMILIES, Family, load, missing_requirement  # noqa: E402
 
+from mibench.cli import asset_path  # noqa: E402
 from mibench.models import toy_builder  # noqa: E402
 from mibench.models.hf import HFModelAdapter  # noqa: E402
+from mibench.models.local_server import LocalServer, ServerStartError, served  # noqa: E402
 from mibench.prompts import ANSWER_INSTRUCTION  # noqa: E402
 from mibench.records import OPTION_LETTERS, Sample  # noqa: E402
 from mibench.tasks.base import Task  # noqa: E402
@@ -78,3 +80,15 @@ def family(request, tmp_path_factory) -> tuple[Family, HFModelAdapter]:
     if reason:
         pytest.skip(reason)
     return load(request.param, tmp_path_factory.mktemp(f"family-{request.param}"))
+
+
+@pytest.fixture(scope="session")
+def toy_server(tmp_path_factory) -> LocalServer:
+    """`transformers serve` with the embedded toy checkpoint on 127.0.0.1, for the session;
+    skipped (with the server's log) only if it cannot start here."""
+    log = tmp_path_factory.mktemp("toy-server") / "server.log"
+    try:
+        with served(asset_path("toy_llava"), log) as server:
+            yield server
+    except (ServerStartError, ImportError) as exc:
+        pytest.skip(f"transformers serve could not start: {exc}")

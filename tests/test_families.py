@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from mibench.models import catalog
+from mibench.models.base import ModelAdapter
 from mibench.models.hf import TOKEN_KEYS, AnswerTokenError, CheckpointError, HFModelAdapter
 from mibench.records import Sample
 
@@ -341,12 +342,19 @@ CONFIGS = sorted(catalog.config_dir().glob("*.yaml"))
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_model_config_fits_its_adapter(path):
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    module, cls, method = cfg.pop("_target_").rsplit(".", 2)
-    adapter = getattr(importlib.import_module(module), cls)
-    assert issubclass(adapter, HFModelAdapter) and method == "from_pretrained"
-    inspect.signature(adapter.from_pretrained).bind(**cfg)  # every key is a real argument
+    target = cfg.pop("_target_")
+    if "base_url" in cfg:  # a served model: the adapter class itself is the target
+        module, cls = target.rsplit(".", 1)
+        adapter = factory = getattr(importlib.import_module(module), cls)
+        assert issubclass(adapter, ModelAdapter)
+    else:
+        module, cls, method = target.rsplit(".", 2)
+        adapter = getattr(importlib.import_module(module), cls)
+        assert issubclass(adapter, HFModelAdapter) and method == "from_pretrained"
+        factory = adapter.from_pretrained
+        assert cfg["trust_remote_code"] is False  # no shipped config runs hub code
+    inspect.signature(factory).bind(**cfg)  # every key is a real argument
     assert cfg["name"] in (None, path.stem)
-    assert cfg["trust_remote_code"] is False  # no shipped config runs hub code
 
 
 def test_models_listing_shows_every_config(capsys):
