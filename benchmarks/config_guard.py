@@ -39,7 +39,7 @@ MAX_ITEMS = 10_000  # entries in any one list or mapping
 INTS: dict[str, tuple[int, int]] = {
     "n": (1, MAX_TASK_SAMPLES), "limit": (1, MAX_TASK_SAMPLES), "n_options": (2, 26),
     "steps": (0, 1_000), "restarts": (1, 100), "n_sentences": (0, 100),
-    "n_snippets": (0, 100), "max_new_tokens": (1, 512), "batch_size": (1, 1 << 16),
+    "n_snippets": (0, 100), "batch_size": (1, 1 << 16),
 }
 FLOATS: dict[str, tuple[float, float]] = {"eps": (0.0, 1e3), "alpha": (0.0, 1e3),
                                           "noise": (0.0, 1.0)}
@@ -50,24 +50,21 @@ HUB_ID = rf"{SAFE}/{SAFE}"
 PATTERNS: dict[str, tuple[str, str]] = {
     "name": (SAFE, "a plain name (letters, digits, _ . -)"),
     "path": (HUB_ID, "a hub id 'owner/name' (local copies come from the validator's data_root)"),
-    "model": (HUB_ID, "a hub id 'owner/name'"),
     "local": (SAFE, "a folder name under data_root"),
     "split": (SAFE, "a split name"), "config_name": (SAFE, "a config name"),
     "revision": (r"[A-Za-z0-9_.\-/]{1,128}", "a git revision"),
-    "device": ("cpu", "'cpu' (the validator never uses an accelerator for this)"),
 }
 # Format strings and the only fields they may use (no attribute access, no format spec).
 TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
     "template": frozenset({"option", "facts", "text"}),
-    "templates": frozenset({"option"}), "prompt": frozenset({"option"}),
+    "templates": frozenset({"option"}),
 }
 # Paths on the validating machine are the validator's choice, never the submitter's.
 MACHINE_PATHS = ("data_dir", "image_dir")
-# Plug-ins that a nested key takes beyond what the shipped YAMLs nest there.
-EXTRA_NESTED: dict[str, frozenset[str]] = {
-    "mibench.perturbations.text.MisleadingText.facts": frozenset(
-        {"mibench.perturbations.text.GeneratedFacts"}),
-}
+# Plug-ins that a nested key takes beyond what the shipped YAMLs nest there. Deliberately
+# none: GeneratedFacts (an LLM writes the misleading facts) would make the validator load
+# whatever hub model the submission names, of any size.
+EXTRA_NESTED: dict[str, frozenset[str]] = {}
 RUN_SCALARS: dict[str, type | tuple[type, ...]] = {
     "seed": int, "batch_size": int, "progress": bool, "data_root": (str, type(None)),
     "out_dir": (str, type(None))}
@@ -123,18 +120,7 @@ class _Guard:
         if depth > 16:
             self.refuse(where, "nested deeper than 16 levels")
         elif isinstance(value, dict):
-            if len(value) > MAX_ITEMS:
-                self.refuse(where, f"{len(value)} entries; at most {MAX_ITEMS}")
-                return None
-            out = {}
-            for key, item in value.items():
-                at = f"{where}.{key}"
-                if _special(key):
-                    self.refuse(at, "Hydra keys (_target_, _args_, _partial_, _recursive_, "
-                                    "_convert_, ...) are not accepted here")
-                elif self.text(key, at, None) is not None:
-                    out[key] = self.plain(item, at, depth + 1)
-            return out
+            return self.entries(value, where, lambda item, at: self.plain(item, at, depth + 1))
         elif isinstance(value, list):
             if len(value) > MAX_ITEMS:
                 self.refuse(where, f"{len(value)} items; at most {MAX_ITEMS}")
@@ -269,16 +255,21 @@ class _Guard:
     def mapping(self, value: Any, item: Any, where: str, key: str, owner: str) -> dict | None:
         if not self.isa(value, dict, where):
             return None
+        return self.entries(value, where, lambda v, at: self.typed(v, item, at, key, owner))
+
+    def entries(self, value: dict, where: str, check: Callable[[Any, str], Any]) -> dict | None:
+        """A mapping of plain string keys (no Hydra key, no `${`), each value checked."""
         if len(value) > MAX_ITEMS:
             self.refuse(where, f"{len(value)} entries; at most {MAX_ITEMS}")
             return None
         out = {}
-        for k, v in value.items():
-            at = f"{where}.{k}"
-            if _special(k):
-                self.refuse(at, "Hydra keys (_target_, _args_, ...) are not accepted here")
-            elif self.text(k, at, None) is not None:
-                out[k] = self.typed(v, item, at, key, owner)
+        for key, item in value.items():
+            at = f"{where}.{key}"
+            if _special(key):
+                self.refuse(at, "Hydra keys (_target_, _args_, _partial_, _recursive_, "
+                                "_convert_, ...) are not accepted here")
+            elif self.text(key, at, None) is not None:
+                out[key] = check(item, at)
         return out
 
     def nested(self, value: Any, hint: Any, where: str, key: str, owner: str) -> dict | None:

@@ -172,7 +172,12 @@ CASES = {
         _mutate("grid.conditions.misleading_text.facts",
                 {"_target_": "mibench.tasks.shapes.ShapesTask", "kind": "vqa", "n": 3}),
         "is not a plug-in at this key the suite ships; allowed: "
-        "mibench.perturbations.text.GeneratedFacts, mibench.perturbations.text.TemplateFacts"),
+        "mibench.perturbations.text.TemplateFacts"),
+    "a fact writer that would load any hub model": (
+        _mutate("grid.conditions.misleading_text.facts",
+                {"_target_": "mibench.perturbations.text.GeneratedFacts",
+                 "model": "someone/a-72b-model"}),
+        "'mibench.perturbations.text.GeneratedFacts' is not a plug-in at this key"),
     "target inside plain data": (
         _mutate("grid.conditions.misleading_text.facts.templates",
                 ["{option}", {"_target_": "os.system", "_args_": ["id"]}]),
