@@ -278,7 +278,11 @@ class _Guard:
         allowed = set(self.reg.nested.get(f"{owner}.{key}", ()))
         allowed |= EXTRA_NESTED.get(f"{owner}.{key}", frozenset())
         if isinstance(hint, type):
-            shipped = self.reg.task_targets | self.reg.perturbation_targets
+            from mibench.tasks.base import Task
+
+            # only the group that can hold the kind asked for is imported (no model stack)
+            shipped = (self.reg.task_targets if issubclass(hint, Task)
+                       else self.reg.perturbation_targets)
             allowed |= {t for t in shipped if issubclass(plugin_class(t), hint)}
         if not allowed:
             self.refuse(where, f"{key} cannot be set from a submitted config")
