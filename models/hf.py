@@ -27,6 +27,7 @@ from transformers import (
     ProcessorMixin,
 )
 
+from mibench.digests import checkpoint_digest
 from mibench.errors import MibenchError
 from mibench.prompts import chat_messages, format_prompt
 from mibench.records import OPTION_LETTERS, Sample
@@ -304,7 +305,10 @@ class HFModelAdapter(ModelAdapter):
                       "commit": getattr(model.config, "_commit_hash", None),
                       "trust_remote_code": trust_remote_code,
                       "attn_implementation": attn_implementation,
-                      "device_map": device_map}
+                      "device_map": device_map,
+                      # the exact files loaded: swapped weights under one path are another run
+                      "weights_sha256": checkpoint_digest(
+                          path, getattr(model.config, "_commit_hash", None) or revision)}
         return cls(model, processor, name or path.rstrip("/").split("/")[-1], provenance,
                    prompt_format=prompt_format)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +13,9 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The suite's own cache (digests), never the user's: set before mibench is imported.
+os.environ["MIBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="mibench-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MIBENCH_CACHE_DIR"], ignore_errors=True)
 
 from families_builders import FAMILIES, Family, load, missing_requirement  # noqa: E402
 
