@@ -485,7 +485,8 @@ class HFModelAdapter(ModelAdapter):
                 f"model {self.name!r} cannot score task {task!r}: its questions have up to "
                 f"{needed} options, but the tokenizer offers only {offered} option letters "
                 f"(A-{OPTION_LETTERS[offered - 1]}) as single tokens: {self._letters_end}")
-        found = vocabulary.coverage(self.tokenizer, vocabulary.probe_samples(samples))
+        with self._tokenizer_lock:
+            found = vocabulary.coverage(self.tokenizer, vocabulary.probe_samples(samples))
         if found is None or found.share <= self.unknown_words_warn:
             return
         what = (f"model {self.name!r} maps {found.share:.0%} of the words of task {task!r} "
