@@ -45,6 +45,8 @@ class Family:
     path: str = ""
     load_kwargs: dict = field(default_factory=dict)
     sizes: tuple[tuple[int, int], ...] = ((16, 16), (16, 16), (16, 16))  # image (w, h) cycle
+    # PGD attacks (class names) that refuse this family by name, as not supported yet
+    refused_attacks: frozenset[str] = frozenset()
 
 
 def train_tokenizer(style: str, special: list[str], *, bos: str | None, eos: str, pad: str,
@@ -559,9 +561,14 @@ FAMILIES: dict[str, tuple[Callable[[Path], None], Family]] = {
     "paligemma_chat": (lambda path: build_paligemma(path, PALIGEMMA_TEMPLATE),
                        Family("paligemma_chat", HF, "A")),
     "gemma3": (build_gemma3, Family("gemma3", HF, "A")),
-    "mllama": (build_mllama, Family("mllama", "mibench.models.mllama:MllamaAdapter", "A")),
+    # its language model embeds the tokens itself (no embeddings for EmbeddingPGD to perturb)
+    # and its pixels come per image and tile (a layout PixelPGD does not know yet)
+    "mllama": (build_mllama, Family("mllama", "mibench.models.mllama:MllamaAdapter", "A",
+                                    refused_attacks=frozenset({"EmbeddingPGD", "PixelPGD"}))),
+    # tiles of one image come as separate images: PixelPGD's layout does not know them yet
     "aya_vision": (build_aya_vision, Family("aya_vision", HF, "A",
-                                            sizes=((16, 16), (32, 16), (16, 32)))),
+                                            sizes=((16, 16), (32, 16), (16, 32)),
+                                            refused_attacks=frozenset({"PixelPGD"}))),
 }
 
 
