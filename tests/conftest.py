@@ -26,12 +26,15 @@ from mibench.models.local_server import LocalServer, ServerStartError, served  #
 from mibench.prompts import ANSWER_INSTRUCTION  # noqa: E402
 from mibench.records import OPTION_LETTERS, Sample  # noqa: E402
 from mibench.tasks.base import Task  # noqa: E402
+from mibench.tasks.shapes import shapes_vocabulary  # noqa: E402
 
-WORDS = toy_builder.words_of(
+# The tests' own words, and the toy tasks' (runs of the tiny checkpoint on them are checked
+# for unknown words like any other run).
+WORDS = sorted(set(toy_builder.words_of(
     ["USER: ASSISTANT:", ANSWER_INSTRUCTION, " ".join(OPTION_LETTERS),
      "what shape is in the image ? what colour is it ? which letter ? x y",
      "square circle triangle red green blue anna has a box ."]
-)
+)) | set(shapes_vocabulary()))
 
 
 class ListTask(Task):
