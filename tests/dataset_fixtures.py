@@ -90,13 +90,13 @@ MMLU_ROWS = {
 }
 
 
-def write_mmlu(root: Path) -> Path:
+def write_mmlu(root: Path, rows: dict | None = None) -> Path:
     """cais/mmlu as a hub snapshot: README configs + all/test-*.parquet; answer is ClassLabel."""
     features = datasets.Features({
         "question": datasets.Value("string"), "subject": datasets.Value("string"),
         "choices": datasets.Sequence(datasets.Value("string")),
         "answer": datasets.ClassLabel(names=["A", "B", "C", "D"])})
-    ds = datasets.Dataset.from_dict(MMLU_ROWS, features=features)
+    ds = datasets.Dataset.from_dict(rows or MMLU_ROWS, features=features)
     path = root / "mmlu"
     (path / "all").mkdir(parents=True, exist_ok=True)
     ds.to_parquet(str(path / "all" / "test-00000-of-00001.parquet"))

@@ -25,6 +25,7 @@ from dataset_fixtures import (
     SEED_ROWS,
     image,
     write_all,
+    write_mmlu,
 )
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
@@ -322,3 +323,25 @@ def test_cai2025_grid_runs_end_to_end_and_renders(tiny_checkpoint, data_root, tm
             assert value == pytest.approx(100 * acc["value"], abs=0.051)
             assert low == pytest.approx(100 * acc["low"], abs=0.051)
             assert high == pytest.approx(100 * acc["high"], abs=0.051)
+
+
+# -- local copies are read from the files named ---------------------------------------------
+def mmlu_rows(tag: str, n: int) -> dict:
+    return {"question": [f"{tag} question {i}?" for i in range(n)], "subject": ["x"] * n,
+            "choices": [[f"{tag} a{i}", "b", "c", "d"] for i in range(n)], "answer": [0] * n}
+
+
+def test_two_local_copies_with_the_same_layout_load_their_own_rows(tmp_path):
+    """`datasets` caches a local folder under its base name, config and file layout only: two
+    MMLU snapshots (p1/mmlu, p2/mmlu) used to share one cache entry and the second was read
+    as the first one's rows."""
+    write_mmlu(tmp_path / "p1", mmlu_rows("p1", 3))
+    write_mmlu(tmp_path / "p2", mmlu_rows("p2", 4))
+    first = task("mmlu", tmp_path / "p1").samples()
+    second = task("mmlu", tmp_path / "p2").samples()
+    assert [s.question for s in first] == mmlu_rows("p1", 3)["question"]
+    assert [s.question for s in second] == mmlu_rows("p2", 4)["question"]
+    # the same folder rewritten in place (same names, same layout) is read again
+    write_mmlu(tmp_path / "p1", mmlu_rows("p1-new", 3))
+    again = task("mmlu", tmp_path / "p1")
+    assert [s.question for s in again.samples()] == mmlu_rows("p1-new", 3)["question"]
