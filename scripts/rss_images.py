@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         measure(args.measure, args.hold)
         return
     with tempfile.TemporaryDirectory(prefix="mibench-rss-") as tmp:
-        env = {**os.environ, "HF_HOME": str(Path(tmp) / "hf"), "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HOME": str(Path(tmp) / "hf"), "HF_HUB_OFFLINE": "1",
+               "MIBENCH_CACHE_DIR": str(Path(tmp) / "mibench-cache")}  # nothing left behind
         env.pop("HF_DATASETS_CACHE", None)
         runs = [(n, False) for n in args.sizes]
         if args.eager:

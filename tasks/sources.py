@@ -7,8 +7,8 @@ entry, and the second silently gets the first one's rows. So every local copy he
 with its own `cache_dir`, named by a digest of the files it reads (their relative paths and
 sha256). A changed file is a new digest, hence a fresh cache; the same files anywhere on disk
 share one. The digest is also what the run records as the task's data (`data_digest`), so a
-changed copy is caught on resume. File digests are cached by (path, size, mtime), so only
-new or changed files are read twice. Saved datasets (`save_to_disk`) are opened in place with
+changed copy is caught on resume. File digests are cached (mibench.digests), so only new or
+changed files are read twice. Saved datasets (`save_to_disk`) are opened in place with
 `load_from_disk`, which has no cache to go stale; they are digested the same way.
 
 Hub datasets are keyed by `datasets` itself (the repository commit) and recorded by the
@@ -18,7 +18,6 @@ dataset's own fingerprint.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mibench.digests import file_sha256
 from mibench.errors import MibenchError
 
 log = logging.getLogger(__name__)
@@ -203,45 +203,10 @@ def cache_dir(digest: str) -> Path:
 
 
 def files_digest(files: Iterable[Path], root: Path) -> str:
-    """sha256 over each file's path relative to `root`, size and sha256, in path order."""
-    files = sorted(Path(f) for f in files)
-    sums = _file_sums(files)
+    """sha256 over each file's path relative to `root`, size and sha256, in path order (each
+    file's sha256 from mibench.digests, cached by the file's path, size, mtime and inode)."""
     total = hashlib.sha256()
-    for f in files:
+    for f in sorted(Path(f) for f in files):
         rel = f.relative_to(root).as_posix() if f != root else f.name
-        total.update(f"{rel}\0{f.stat().st_size}\0{sums[f]}\n".encode())
+        total.update(f"{rel}\0{f.stat().st_size}\0{file_sha256(f)}\n".encode())
     return f"sha256:{total.hexdigest()}"
-
-
-def _file_sums(files: list[Path]) -> dict[Path, str]:
-    """sha256 of each file, reused from the digest cache where (size, mtime) are unchanged."""
-    store = cache_root() / "file-digests.json"
-    try:
-        known = json.loads(store.read_text())
-    except (OSError, ValueError):
-        known = {}
-    sums, changed = {}, False
-    for f in files:
-        stat = f.stat()
-        key = str(f.resolve())
-        entry = known.get(key)
-        if entry and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
-            sums[f] = entry[2]
-            continue
-        sums[f] = _sha256(f)
-        known[key] = [stat.st_size, stat.st_mtime_ns, sums[f]]
-        changed = True
-    if changed:  # a lost update between processes costs a re-read, never a wrong digest
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, store)
-    return sums
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
