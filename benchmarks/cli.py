@@ -114,13 +114,14 @@ def run(cfg: DictConfig) -> dict | None:
                                progress=bool(cfg.progress))
         if result is None:
             return None
-        document = metrics_document(result, prints, config)
+        document = metrics_document(result, result.fingerprint, config)
         # how it was scored: recorded, never fingerprinted (batch size changes no number)
         document["scoring"] = {"batch_size": int(cfg.batch_size), "processes": result.processes}
         path = write_metrics(document, out_dir)
-        table = format_table(document["results"])
+        table = format_table(document["results"], document["failed"])
         (out_dir / "table.md").write_text(table + "\n")
-        accuracy_bars(document["results"], out_dir / "accuracy.png")
+        if document["results"]:  # every task may have failed
+            accuracy_bars(document["results"], out_dir / "accuracy.png")
         print(table)
         print(f"\nrecords, metrics and table in {out_dir} ({path.name}); "
               f"scored by {result.processes} process(es)")
@@ -132,7 +133,11 @@ def run(cfg: DictConfig) -> dict | None:
 
 @hydra.main(config_path="pkg://mibench.conf", config_name="config", version_base="1.3")
 def benchmark_app(cfg: DictConfig) -> None:
-    run(cfg)
+    document = run(cfg)
+    if document and document["failed"]:  # everything else was written: say so, and fail
+        print(f"{len(document['failed'])} task(s)/condition(s) failed; see `failed` in "
+              f"{Path(cfg.out_dir) / 'metrics.json'}", file=sys.stderr)
+        sys.exit(1)
 
 
 # `mibench NAME args...`: plain tools beside the Hydra app, as "module:function(argv)".

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from .errors import MibenchError
+from .images import ImageRef
 
 Category = Literal["image_heavy", "text_heavy", "vqa"]
 Modality = Literal["text", "image"]
@@ -34,6 +35,12 @@ class Sample:
 
     `distractor` holds text a perturbation adds, kept apart from `question` so that the
     relevant text stays byte-identical and an attack can find the added span.
+
+    `image` is a PIL image, an `ImageRef` (decoded when its pixels are needed: dataset tasks
+    use these so a task never holds all its decoded images), or None. Read pixels with
+    `sample.image.convert("RGB")`, which both provide; test "has an image" with
+    `sample.image is not None`; a perturbation that leaves the image alone keeps the same
+    object, so `perturbed.image is original.image` still says it is untouched.
     """
 
     id: str
@@ -41,13 +48,28 @@ class Sample:
     options: tuple[str, ...]
     answer: int
     category: Category
-    image: Image.Image | None = None
+    image: Image.Image | ImageRef | None = None
     distractor: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.id:
-            raise SampleError("a sample has an empty id")
+        if not isinstance(self.id, str) or not self.id:
+            raise SampleError(f"a sample has an empty or non-text id ({self.id!r})")
+        if not isinstance(self.question, str) or not self.question.strip():
+            raise SampleError(f"sample {self.id!r}: the question must be non-empty text, got "
+                              f"{_shown(self.question)}")
+        if not isinstance(self.options, tuple) or not all(
+                isinstance(o, str) and o.strip() for o in self.options):
+            raise SampleError(f"sample {self.id!r}: options must be a tuple of non-empty "
+                              f"strings, got {_shown(self.options)}")
+        spaced = [" ".join(o.split()) for o in self.options]  # as a reader sees them
+        if len(set(spaced)) != len(spaced):
+            repeated = sorted({o for o in spaced if spaced.count(o) > 1})
+            raise SampleError(f"sample {self.id!r}: options {list(self.options)} repeat "
+                              f"{repeated}; each option must be distinct")
+        if self.image is not None and not isinstance(self.image, (Image.Image, ImageRef)):
+            raise SampleError(f"sample {self.id!r}: image must be a PIL image, an ImageRef "
+                              f"or None, got {type(self.image).__name__}")
         if self.category not in CATEGORIES:
             raise SampleError(f"sample {self.id!r}: unknown category {self.category!r}")
         if not 2 <= len(self.options) <= len(OPTION_LETTERS):
@@ -68,6 +90,11 @@ class Sample:
     @property
     def relevant_modalities(self) -> frozenset[str]:
         return RELEVANT_MODALITIES[self.category]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
 
 
 @dataclass(frozen=True, slots=True)

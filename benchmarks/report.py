@@ -36,7 +36,8 @@ def config_hash(config: Any) -> str:
 
 
 def metrics_document(result: BenchmarkResult, fingerprint: dict, config: Any) -> dict:
-    """Every number with its interval, and every input that changes a number."""
+    """Every number with its interval, every input that changes a number, and what failed
+    (`failed`: task, condition or null for the whole task, error)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "suite_version": __version__,
@@ -48,6 +49,7 @@ def metrics_document(result: BenchmarkResult, fingerprint: dict, config: Any) ->
             task: {cond: {k: e.to_json() for k, e in ms.items()} for cond, ms in conds.items()}
             for task, conds in result.metrics.items()
         },
+        "failed": [failure.to_json() for failure in result.failures],
     }
 
 
@@ -67,8 +69,9 @@ def format_estimate(estimate: dict | None, percent: bool = True, signed: bool = 
     return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
-def format_table(results: dict) -> str:
-    """A markdown table: accuracy, change vs clean, flip rate, JS divergence, with 95% CIs."""
+def format_table(results: dict, failed: list[dict] | tuple = ()) -> str:
+    """A markdown table: accuracy, change vs clean, flip rate, JS divergence, with 95% CIs;
+    a FAILED row per failed task or condition (metrics.json's `failed`), errors below."""
     header = ("| task | condition | n | accuracy % | change (points) | flip rate % "
               "| JS div. (bits) |")
     lines = [header, "|" + "---|" * 7]
@@ -83,4 +86,11 @@ def format_table(results: dict) -> str:
                 f"{format_estimate(m.get('flip_rate'))} | "
                 f"{format_estimate(m.get('js_divergence'), percent=False)} |"
             )
+    for failure in failed:
+        lines.append(f"| {failure['task']} | {failure['condition'] or 'all'} | - | FAILED "
+                     "| - | - | - |")
+    if failed:
+        lines += ["", f"{len(failed)} failed (their errors; every other result is complete):"]
+        lines += [f"- {f['task']}{' / ' + f['condition'] if f['condition'] else ''}: "
+                  f"{f['error']}" for f in failed]
     return "\n".join(lines)

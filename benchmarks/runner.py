@@ -3,7 +3,8 @@
 The runner owns no model, dataset or metric logic and never branches on a name: it applies
 each condition to each task whose answer does not depend on the touched modality, scores the
 samples in a batch plan that depends only on (samples, batch size), and stores every record
-as soon as it exists.
+as soon as it exists. A task (or one condition of it) that fails is reported as a `Failure`
+while every other task is still scored and written.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from mibench.models.base import ModelAdapter
 from mibench.perturbations.base import Attack, Perturbation
-from mibench.records import RELEVANT_MODALITIES, Record, Sample
+from mibench.records import RELEVANT_MODALITIES, Record, Sample, SampleError
 from mibench.tasks.base import Task
 
 from . import distributed, scoring
@@ -41,14 +42,33 @@ class PerturbationError(MibenchError, RuntimeError):
     """A perturbation failed on, or broke the contract for, a named sample."""
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A task whose data could not be read (`condition` None), or one condition of a task,
+    that was not scored; the message says why and what to do."""
+
+    task: str
+    condition: str | None
+    error: str
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "condition": self.condition, "error": self.error}
+
+
 @dataclass
 class BenchmarkResult:
-    """Metrics per task and condition, plus where the records are."""
+    """Metrics per task and condition, what failed, and where the records are.
+
+    `fingerprint` is the one checked against the directory: the caller's, with each task's
+    and condition's describe() taken once their data was loaded (data digests included).
+    """
 
     metrics: dict[str, dict[str, dict[str, scoring.Estimate]]]
     conditions: dict[str, list[str]] = field(default_factory=dict)
     out_dir: Path | None = None
     processes: int = 1
+    failures: list[Failure] = field(default_factory=list)
+    fingerprint: dict = field(default_factory=dict)
 
 
 Condition = Perturbation | Attack
@@ -189,8 +209,12 @@ def run_benchmark(
 ) -> BenchmarkResult | None:
     """Score clean and every applicable condition of every task; return metrics with CIs.
 
-    Under `accelerate launch` every process scores its share; the main process gathers the
-    records, writes records.jsonl and returns the result, the others return None.
+    Every task's data is loaded first, then the directory's fingerprint is checked: the
+    caller's `fingerprint` plus each task's and condition's describe() (with data digests).
+    A task or condition that fails is in `failures`, the rest is scored and written; metrics
+    count only the ids the task has now. Under `accelerate launch` every process scores its
+    share; the main process gathers the records, writes records.jsonl and returns the
+    result, the others return None.
     """
     for name, perturbation in perturbations.items():
         if perturbation.name != name:
@@ -203,8 +227,29 @@ def run_benchmark(
                 f"perturbation {name!r} touches the {perturbation.touches} modality, which "
                 f"every task here ({', '.join(tasks)}) needs to answer; nothing to measure")
     processes = distributed.current()
+    failures: list[Failure] = []
+    loaded: dict[str, list[Sample]] = {}
+    for task_name, task in tasks.items():  # a task whose data cannot be read is reported
+        try:
+            loaded[task_name] = task.samples()
+            _check_unique_ids(loaded[task_name], task_name)
+            model.check_samples(task_name, loaded[task_name])  # letters, vocabulary
+        except Exception as err:  # reported as this task's failure
+            failures.append(_failure(task_name, None, err))
+            loaded.pop(task_name, None)
+    unprepared: dict[str, str] = {}  # condition -> why what it needs could not be loaded
+    for name, perturbation in perturbations.items():
+        if isinstance(perturbation, Perturbation) and any(
+                applies_to(perturbation, tasks[t]) for t in loaded):
+            try:
+                perturbation.load_data()
+            except Exception as err:  # reported for each task it applies to
+                unprepared[name] = _failure("(every task)", name, err).error
+    # the fingerprint is taken now that the data is loaded, so it holds the data digests;
     # the plan decides each sample's batch, so a resumed run must use the plan that began it
-    prints = {**(fingerprint or {}), "batch_plan": BATCH_PLAN_VERSION}
+    prints = {**(fingerprint or {}), "tasks": {n: t.describe() for n, t in tasks.items()},
+              "conditions": {n: p.describe() for n, p in perturbations.items()},
+              "batch_plan": BATCH_PLAN_VERSION}
     if processes.is_main:  # checks a resumed directory, or records a new one's fingerprint
         check_fingerprint(out_dir, prints, write=True)
     distributed.barrier(processes)
@@ -214,55 +259,107 @@ def run_benchmark(
     distributed.barrier(processes)  # every process has read the shards before any appends
 
     conditions: dict[str, list[str]] = {}
-    for task_name, task in tasks.items():
-        samples = task.samples()
-        _check_unique_ids(samples, task_name)
-        model.check_samples(task_name, samples)
+    for task_name, samples in loaded.items():
+        task = tasks[task_name]
         skipped = [n for n, p in perturbations.items() if not applies_to(p, task)]
         if skipped and processes.is_main:
             log.info("%s (%s): not applied, they touch a modality its answer needs: %s",
                      task_name, task.category, ", ".join(skipped))
         applied = {n: p for n, p in perturbations.items() if n not in skipped}
-        conditions[task_name] = [CLEAN, *applied]
+        for name in applied.keys() & unprepared.keys():
+            failures.append(Failure(task_name, name, unprepared[name]))
+        runnable = {n: p for n, p in applied.items() if n not in unprepared}
         score = partial(score_conditions, model, task=task_name, store=store,
                         batch_size=batch_size, processes=processes, progress=progress)
-        # clean and the conditions that change only its text share the clean images: they
-        # are scored together, first; a text perturbation that fails to build is raised once
-        # everything else of the task is stored
-        same_images = [ConditionRun(CLEAN, samples, model_scorer(model))]
-        failure: PerturbationError | None = None
-        for name, perturbation in applied.items():
-            if perturbation.touches == "text" and not isinstance(perturbation, Attack):
-                try:
-                    same_images.append(ConditionRun(
-                        name, perturb_all(samples, perturbation, seed, task_name),
-                        model_scorer(model)))
-                except PerturbationError as err:
-                    failure = failure or err
-        score(same_images)
-        for name, perturbation in applied.items():
-            if isinstance(perturbation, Attack):
-                score([ConditionRun(name, samples,
-                                    _attack_scorer(perturbation, model, seed, task_name))])
-            elif perturbation.touches != "text":
-                score([ConditionRun(name, perturb_all(samples, perturbation, seed, task_name),
-                                    model_scorer(model))])
-        if failure is not None:
-            raise failure
+        scored = _score_task(model, task_name, samples, runnable, score, seed, failures)
+        conditions[task_name] = [n for n in (CLEAN, *applied) if n in scored]
 
+    failures = _unique(distributed.gather(failures, processes))
     gathered = distributed.gather(store.new, processes)
     if not processes.is_main:
         return None
     store.merge(gathered)
     metrics: dict[str, dict[str, dict[str, scoring.Estimate]]] = {}
     for task_name, names in conditions.items():
-        clean = store.records(task_name, CLEAN)
-        metrics[task_name] = {CLEAN: scoring.clean_metrics(clean)}
-        for name in names[1:]:
-            metrics[task_name][name] = scoring.condition_metrics(
-                clean, store.records(task_name, name), seed=seed)
+        ids = {s.id for s in loaded[task_name]}  # records of ids the task no longer has
+        stored = {n: [r for r in store.records(task_name, n) if r.sample_id in ids]
+                  for n in names}                # (a changed limit, say) are not counted
+        complete = [n for n in names if len(stored[n]) == len(ids)]
+        failures += [Failure(task_name, n, f"only {len(stored[n])} of its {len(ids)} samples "
+                                           "were scored") for n in names if n not in complete
+                     and not any(f.task == task_name and f.condition in (n, None)
+                                 for f in failures)]
+        if CLEAN not in complete:
+            continue
+        metrics[task_name] = {CLEAN: scoring.clean_metrics(stored[CLEAN])}
+        for name in complete[1:]:
+            metrics[task_name][name] = scoring.condition_metrics(stored[CLEAN], stored[name],
+                                                                 seed=seed)
+    for failure in failures:
+        log.error("FAILED %s%s: %s", failure.task,
+                  f" / {failure.condition}" if failure.condition else "", failure.error)
     return BenchmarkResult(metrics=metrics, conditions=conditions, out_dir=Path(out_dir),
-                           processes=processes.count)
+                           processes=processes.count, failures=failures,
+                           fingerprint={k: v for k, v in prints.items() if k != "batch_plan"})
+
+
+def _score_task(model: ModelAdapter, task: str, samples: list[Sample],
+                applied: Mapping[str, Condition], score: Callable[[list[ConditionRun]], None],
+                seed: int, failures: list[Failure]) -> set[str]:
+    """Score clean and each applied condition of one task; return the conditions scored.
+
+    Clean and the conditions that change only its text share the clean images: they are
+    scored together, first. A condition that fails to build or to score is appended to
+    `failures` and the others go on; a failure while scoring clean (e.g. an unreadable image)
+    ends the task, whose records so far are kept.
+    """
+    same_images = [ConditionRun(CLEAN, samples, model_scorer(model))]
+    for name, perturbation in applied.items():
+        if perturbation.touches == "text" and not isinstance(perturbation, Attack):
+            try:
+                same_images.append(ConditionRun(
+                    name, perturb_all(samples, perturbation, seed, task), model_scorer(model)))
+            except Exception as err:  # reported as this condition's failure
+                failures.append(_failure(task, name, err))
+    try:
+        score(same_images)
+    except Exception as err:  # reported as this task's failure
+        failures.append(_failure(task, None, err))
+        return set()
+    scored = {run.name for run in same_images}
+    for name, perturbation in applied.items():
+        if name in scored or name in {f.condition for f in failures if f.task == task}:
+            continue
+        try:
+            if isinstance(perturbation, Attack):
+                score([ConditionRun(name, samples,
+                                    _attack_scorer(perturbation, model, seed, task))])
+            else:
+                score([ConditionRun(name, perturb_all(samples, perturbation, seed, task),
+                                    model_scorer(model))])
+        except Exception as err:  # reported as this condition's failure
+            failures.append(_failure(task, name, err))
+            continue
+        scored.add(name)
+    return scored
+
+
+def _failure(task: str, condition: str | None, err: Exception) -> Failure:
+    """A failure in one line: a MibenchError's own message; anything else (a bug) also logs
+    its traceback."""
+    if isinstance(err, MibenchError):
+        return Failure(task, condition, str(err))
+    log.exception("%s%s failed with an unexpected error", task,
+                  f" / {condition}" if condition else "")
+    return Failure(task, condition, f"{type(err).__name__}: {err}")
+
+
+def _unique(failures: Sequence[Failure]) -> list[Failure]:
+    """Each (task, condition) once: every process may report the same failure."""
+    seen: dict[tuple[str, str | None], Failure] = {}
+    for failure in failures:
+        seen.setdefault((failure.task, failure.condition), failure)
+    return list(seen.values())
 
 
 def _attack_scorer(attack: Attack, model: ModelAdapter, seed: int, task: str) -> Scorer:
@@ -277,4 +374,5 @@ def _check_unique_ids(samples: Sequence[Sample], task: str) -> None:
     seen: set[str] = set()
     duplicates = {s.id for s in samples if s.id in seen or seen.add(s.id)}
     if duplicates:
-        raise ValueError(f"task {task!r} yields duplicate sample ids: {sorted(duplicates)[:5]}")
+        raise SampleError(f"task {task!r} yields duplicate sample ids: "
+                          f"{sorted(duplicates)[:5]}; fix the id column of its data")

@@ -45,29 +45,89 @@ def check_fingerprint(out_dir: str | Path, fingerprint: dict, write: bool) -> No
     """Refuse a directory whose records came from another configuration, other weights or
     other data, naming every difference.
 
-    `write` (the main process only) records the fingerprint of a new directory.
+    What a task read from its data (`data_digest`, `skipped_rows`) is None when the data
+    could not be read (that task fails and scores nothing), so None matches anything; a
+    directory that recorded None learns the value the first time the data is read. `write`
+    (the main process only) records the fingerprint.
     """
     path = Path(out_dir) / FINGERPRINT_FILE
     canonical = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
     if path.exists():
         stored = json.loads(path.read_text())
-        if stored != canonical:
-            changed = differences(stored, canonical)
+        if not _matches(stored, canonical):
+            # a data key one side could not read is no difference (see above)
+            changed = differences(_known(canonical, stored), _known(stored, canonical))
             shown = "\n".join(f"  - {line}" for line in changed[:20])
             more = f"\n  (+{len(changed) - 20} more)" if len(changed) > 20 else ""
             weights = any(line.startswith("model.weights_sha256") for line in changed)
+            data = "".join(f"The data of task {task!r} changed (data digest {old} -> {new}). "
+                           for task, old, new in dict.fromkeys(_digest_changes(stored, canonical)))
             top = sorted(k for k in set(stored) | set(canonical)
-                         if stored.get(k) != canonical.get(k))
+                         if not _matches(stored.get(k), canonical.get(k)))
             raise ResumeMismatchError(
                 f"{out_dir} holds records of a run configured differently (changed: "
                 f"{', '.join(top)}), so they are not reused:\n{shown}{more}\n"
                 + ("The checkpoint's files changed since those records were computed. "
-                   if weights else "")
+                   if weights else "") + data
                 + "Score into a new output directory (hydra.run.dir=...), or delete this one "
                 "to recompute it; never mix the two.")
-    elif write:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(canonical, indent=2, sort_keys=True) + "\n")
+        canonical = _known(stored, canonical)
+        if canonical == stored or not write:
+            return
+    elif not write:
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(canonical, indent=2, sort_keys=True) + "\n")
+
+
+DIGEST_KEY = "data_digest"
+DATA_KEYS = frozenset({DIGEST_KEY, "skipped_rows"})  # known once a task's data is read
+
+
+def _matches(stored: object, current: object) -> bool:
+    """Equal, where a data key of None (unread data) matches any value."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        return set(stored) == set(current) and all(
+            (k in DATA_KEYS and None in (stored[k], current[k])) or _matches(stored[k], current[k])
+            for k in stored)
+    if isinstance(stored, list) and isinstance(current, list):
+        return len(stored) == len(current) and all(map(_matches, stored, current))
+    return stored == current
+
+
+def _known(stored: object, current: object) -> object:
+    """`current`, keeping each data key that only `stored` knows."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        return {k: stored.get(k) if k in DATA_KEYS and v is None else _known(stored.get(k), v)
+                for k, v in current.items()}
+    if isinstance(stored, list) and isinstance(current, list):
+        return [_known(a, b) for a, b in zip(stored, current)]
+    return current
+
+
+def without_data(description: object) -> object:
+    """A describe() without what only reading the data tells (data digests, skipped rows):
+    the part a config alone rebuilds, for comparing a config with what a run recorded."""
+    if isinstance(description, dict):
+        return {k: without_data(v) for k, v in description.items() if k not in DATA_KEYS}
+    if isinstance(description, list):
+        return [without_data(v) for v in description]
+    return description
+
+
+def _digest_changes(stored: object, current: object) -> list[tuple[str, str, str]]:
+    """(task name, stored digest, current digest) for every data digest that changed."""
+    if isinstance(stored, list) and isinstance(current, list):
+        return [c for a, b in zip(stored, current) for c in _digest_changes(a, b)]
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        return []
+    found = []
+    old, new = stored.get(DIGEST_KEY), current.get(DIGEST_KEY)
+    if None not in (old, new) and old != new:
+        found.append((str(current.get("name", "?")), str(old), str(new)))
+    for key in sorted(set(stored) & set(current) - {DIGEST_KEY}):
+        found += _digest_changes(stored[key], current[key])
+    return found
 
 
 def read_records(path: Path, repair: bool = False) -> list[Record]:

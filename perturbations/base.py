@@ -26,6 +26,11 @@ class Perturbation(ABC):
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
         """The perturbed sample (a new object; `sample` is left as it was)."""
 
+    def load_data(self) -> None:
+        """Load what `apply` needs beyond the sample (e.g. donor images). The runner calls it
+        before checking the run's fingerprint, so that `describe()` can name that data."""
+        return None
+
     def describe(self) -> dict:
         """What the results record about this perturbation: every parameter that sets a number."""
         params = {k: v for k, v in vars(self).items() if not k.startswith("_")}

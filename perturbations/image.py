@@ -57,9 +57,18 @@ class SwitchedImage(Perturbation):
     def __init__(self, donors: Task, name: str = "switched_image",
                  prefer_lure: bool = True) -> None:
         self.name, self.prefer_lure, self._donor_task = name, prefer_lure, donors
-        self.donors_task = donors.describe()
         self._pool: list[Sample] | None = None
         self._by_label: dict[str, list[int]] = {}
+
+    def describe(self) -> dict:
+        """As any perturbation, plus the donor task's description (its data digest once the
+        donors are loaded: `load_data()`)."""
+        info = super().describe()
+        info["params"]["donors_task"] = self._donor_task.describe()
+        return info
+
+    def load_data(self) -> None:
+        self._donors()
 
     def _donors(self) -> list[Sample]:
         if self._pool is None:

@@ -6,6 +6,9 @@ shuffled per sample. Draw and shuffle come from `rng_for("options", seed, path, 
 the same in every run, process and machine, and the same whether the rows come from the hub
 or a local copy. Class names are made human-readable: label ids go through the dataset's
 ClassLabel names, then through `class_names` (e.g. WordNet ids -> words) and "_" -> " ".
+`class_names` and `exclude_labels` match label names case-insensitively, so one config serves
+the original folder casing ("Faces_easy", "BACKGROUND_Google") and lower-cased hub copies;
+an excluded label a copy does not have is simply not there.
 
 Schemas (hub id / split as configured in conf/task/*.yaml):
 - Mini-ImageNet, `timm/mini-imagenet` split `test` (5,000 rows, 50 per class):
@@ -13,7 +16,10 @@ Schemas (hub id / split as configured in conf/task/*.yaml):
   to the first ImageNet lemma, "house finch").
 - Caltech-101, `dpdl-benchmark/caltech101` split `test`: `image` (Image), `label` (ClassLabel,
   lower-case folder names "accordion", "car_side", "background_google", "faces_easy", ...;
-  the YAML drops the clutter class and maps "faces"/"faces_easy" to one "face").
+  the YAML drops the clutter class and maps "faces"/"faces_easy" to one "face"). The same
+  config reads the original `101_ObjectCategories/<Class>/image_0001.jpg` folder (unsplit:
+  all of it is the split), copies in the original casing, and copies without the clutter
+  class (`flwrlabs/caltech101`, which has a `train` split only: `task.split=train`).
 - Food-101, `ethz/food101` split `validation` (25,250 rows): `image` (Image), `label`
   (ClassLabel, 101 names such as "apple_pie").
 - Any image folder `<split>/<class>/<image>` loads with `label` as a ClassLabel of the folder
@@ -22,6 +28,7 @@ Schemas (hub id / split as configured in conf/task/*.yaml):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,13 +36,17 @@ from mibench.prompts import question_template
 from mibench.records import OPTION_LETTERS, Sample
 from mibench.seeding import rng_for
 
-from .hf_dataset import HFDatasetTask, first_image
+from .hf_dataset import DataError, HFDatasetTask, first_image
+
+log = logging.getLogger(__name__)
 
 
 def humanize(name: str, aliases: Mapping[str, str] | None = None) -> str:
-    """A readable class name: an alias if given, else underscores to spaces."""
-    if aliases and name in aliases:
-        return str(aliases[name])
+    """A readable class name: an alias if given (keys matched case-insensitively), else
+    underscores to spaces."""
+    folded = {str(k).casefold(): v for k, v in (aliases or {}).items()}
+    if str(name).casefold() in folded:
+        return str(folded[str(name).casefold()])
     return " ".join(str(name).replace("_", " ").split())
 
 
@@ -82,6 +93,7 @@ class ClassificationTask(HFDatasetTask):
         prompt: str = "image_heavy",
         limit: int | None = None,
         seed: int = 0,
+        bad_rows: str = "error",
     ) -> None:
         if not 2 <= n_options <= len(OPTION_LETTERS):
             raise ValueError(f"task {name!r}: n_options={n_options} must be 2..26")
@@ -89,7 +101,7 @@ class ClassificationTask(HFDatasetTask):
         super().__init__(name=name, category="image_heavy", path=path, split=split,
                          columns={k: v for k, v in columns.items() if v}, config_name=config_name,
                          revision=revision, local=local, data_dir=data_dir, prompt=prompt,
-                         stratify_by=label_column, limit=limit, seed=seed)
+                         stratify_by=label_column, limit=limit, seed=seed, bad_rows=bad_rows)
         self.template = question_template(prompt)
         self.n_options = int(n_options)
         self.class_names = dict(class_names or {})
@@ -108,11 +120,23 @@ class ClassificationTask(HFDatasetTask):
             self._names = None
             values = list(ds.select_columns([self.columns["label"]])[self.columns["label"]])
             self._string_labels = sorted({str(v) for v in values})
-        unknown = [x for x in self.exclude_labels if x not in self._raw_names()]
-        if unknown:
-            raise ValueError(f"task {self.name!r}: exclude_labels {unknown} are not labels of "
-                             f"{self.source}")
+            if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                unnamed = sorted({str(v) for v in values} - {str(k) for k in self.class_names})
+                if unnamed:
+                    raise DataError(
+                        f"task {self.name!r}: {self.source} labels its images with bare "
+                        f"numbers (e.g. {unnamed[:3]}) and no class names, so no option can "
+                        "name a class. Use a copy whose label column is a ClassLabel or holds "
+                        "names, or map every number to a name in the task's class_names.")
+        absent = [x for x in self.exclude_labels if x.casefold() not in
+                  {n.casefold() for n in self._raw_names()}]
+        if absent:
+            log.info("task %s: excluded label(s) %s are not in %s (nothing to drop)",
+                     self.name, absent, self.source)
         self._pool = self.label_pool()
+
+    def _excluded(self, raw: str) -> bool:
+        return raw.casefold() in {x.casefold() for x in self.exclude_labels}
 
     def _raw_names(self) -> list[str]:
         return self._names if self._names is not None else self._string_labels
@@ -127,14 +151,14 @@ class ClassificationTask(HFDatasetTask):
     def label_pool(self) -> list[str]:
         """The human-readable class names distractors are drawn from."""
         return sorted({humanize(n, self.class_names) for n in self._raw_names()
-                       if n not in self.exclude_labels})
+                       if not self._excluded(n)})
 
     def rows(self, ds) -> list[int]:
         keep = super().rows(ds)
         if not self.exclude_labels:
             return keep
         labels = list(ds.select_columns([self.columns["label"]])[self.columns["label"]])
-        return [i for i in keep if self._raw(labels[i]) not in self.exclude_labels]
+        return [i for i in keep if not self._excluded(self._raw(labels[i]))]
 
     def to_sample(self, row: Mapping[str, Any], idx: int) -> Sample:
         sid = self.sample_id(row, idx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -16,6 +17,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # The suite's own cache (digests), never the user's: set before mibench is imported.
 os.environ["MIBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="mibench-test-cache-")
 atexit.register(shutil.rmtree, os.environ["MIBENCH_CACHE_DIR"], ignore_errors=True)
+# The tests never write into the user's Hugging Face caches: a throwaway HF_HOME per session,
+# set before `datasets` is imported (it reads these once, at import).
+assert "datasets" not in sys.modules, "datasets was imported before tests/conftest.py"
+_HF_HOME = tempfile.mkdtemp(prefix="mibench-tests-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 
 from families_builders import FAMILIES, Family, load, missing_requirement  # noqa: E402
 

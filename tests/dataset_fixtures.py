@@ -26,13 +26,18 @@ MINI_IMAGENET_WNIDS = ["n01532829", "n01558993", "n01704323", "n01749939", "n017
 MINI_IMAGENET_LABELS = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 4, 5]
 
 
+def labelled_images(names: list[str], labels: list[int], seed: int) -> datasets.Dataset:
+    """image (Image) and label (ClassLabel of `names`) columns, one seeded image per label."""
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict(
+        {"image": [image(seed + i) for i in range(len(labels))], "label": labels},
+        features=features)
+
+
 def write_mini_imagenet(root: Path) -> Path:
     """timm/mini-imagenet: image (Image), label (ClassLabel of WordNet ids); save_to_disk."""
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=MINI_IMAGENET_WNIDS)})
-    ds = datasets.Dataset.from_dict(
-        {"image": [image(i) for i in range(len(MINI_IMAGENET_LABELS))],
-         "label": MINI_IMAGENET_LABELS}, features=features)
+    ds = labelled_images(MINI_IMAGENET_WNIDS, MINI_IMAGENET_LABELS, seed=0)
     path = root / "mini_imagenet"
     datasets.DatasetDict({"test": ds}).save_to_disk(str(path))
     return path
@@ -46,17 +51,47 @@ CALTECH_FILES = {"accordion": 2, "airplanes": 2, "anchor": 1, "background_google
                  "car_side": 1, "faces": 1, "faces_easy": 1, "panda": 2}
 
 
+def write_class_folders(folder: Path, counts: dict[str, int], seed: int, name: str) -> None:
+    """`folder/<class>/<name.format(j)>`: `counts[class]` images each, seeded from `seed` on."""
+    for cls, count in counts.items():
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        for j in range(count):
+            image(seed).save(folder / cls / name.format(j))
+            seed += 1
+
+
 def write_caltech101(root: Path) -> Path:
     """An image folder test/<class>/<image>.png: the loader gives label = ClassLabel(folders)."""
     path = root / "caltech101"
-    seed = 100
-    for cls, count in CALTECH_FILES.items():
-        folder = path / "test" / cls
-        folder.mkdir(parents=True, exist_ok=True)
-        for j in range(count):
-            image(seed).save(folder / f"image_{j:04d}.png")
-            seed += 1
+    write_class_folders(path / "test", CALTECH_FILES, 100, "image_{:04d}.png")
     return path
+
+
+# The original distribution: 101_ObjectCategories/<Class>/image_0001.jpg, original casing, no
+# split folders (and an Annotations/ folder of .mat files beside it, which is not data).
+CALTECH_ORIGINAL = {"BACKGROUND_Google": 2, "Faces": 1, "Faces_easy": 2, "Leopards": 1,
+                    "Motorbikes": 1, "accordion": 2, "car_side": 1, "panda": 1}
+
+
+def write_caltech_original(root: Path) -> Path:
+    """caltech101/101_ObjectCategories/<Class>/image_XXXX.jpg, as the archive unpacks."""
+    path = root / "caltech101"
+    write_class_folders(path / "101_ObjectCategories", CALTECH_ORIGINAL, 700, "image_{:04d}.jpg")
+    for cls in CALTECH_ORIGINAL:
+        (path / "Annotations" / cls).mkdir(parents=True, exist_ok=True)
+        (path / "Annotations" / cls / "annotation_0000.mat").write_bytes(b"MATLAB")
+    return path
+
+
+CALTECH_TRAIN_ONLY = ["accordion", "airplanes", "anchor", "faces", "faces_easy", "leopards",
+                      "motorbikes", "panda"]
+
+
+def write_caltech_train_only(root: Path) -> Path:
+    """flwrlabs/caltech101 as a hub snapshot: a train split only (data/train-*.parquet), the
+    lower-cased classes without the clutter class."""
+    ds = labelled_images(CALTECH_TRAIN_ONLY, [0, 1, 2, 3, 4, 5, 6, 7, 0, 4], seed=800)
+    return write_snapshot(ds, root / "caltech101", "default", "train", "data")
 
 
 FOOD_NAMES = ["apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare",
@@ -66,11 +101,7 @@ FOOD_LABELS = [0, 1, 2, 3, 4, 5, 6, 7, 0, 2]
 
 def write_food101(root: Path) -> Path:
     """ethz/food101: image (Image), label (ClassLabel); one validation.parquet file."""
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=FOOD_NAMES)})
-    ds = datasets.Dataset.from_dict(
-        {"image": [image(200 + i) for i in range(len(FOOD_LABELS))], "label": FOOD_LABELS},
-        features=features)
+    ds = labelled_images(FOOD_NAMES, FOOD_LABELS, seed=200)
     path = root / "food101"
     path.mkdir(parents=True, exist_ok=True)
     ds.to_parquet(str(path / "validation.parquet"))
@@ -90,19 +121,25 @@ MMLU_ROWS = {
 }
 
 
-def write_mmlu(root: Path) -> Path:
+def write_mmlu(root: Path, rows: dict | None = None) -> Path:
     """cais/mmlu as a hub snapshot: README configs + all/test-*.parquet; answer is ClassLabel."""
     features = datasets.Features({
         "question": datasets.Value("string"), "subject": datasets.Value("string"),
         "choices": datasets.Sequence(datasets.Value("string")),
         "answer": datasets.ClassLabel(names=["A", "B", "C", "D"])})
-    ds = datasets.Dataset.from_dict(MMLU_ROWS, features=features)
-    path = root / "mmlu"
-    (path / "all").mkdir(parents=True, exist_ok=True)
-    ds.to_parquet(str(path / "all" / "test-00000-of-00001.parquet"))
+    ds = datasets.Dataset.from_dict(rows or MMLU_ROWS, features=features)
+    return write_snapshot(ds, root / "mmlu", "all", "test", "all")
+
+
+def write_snapshot(ds: datasets.Dataset, path: Path, config: str, split: str, folder: str
+                   ) -> Path:
+    """A hub snapshot's layout: `folder/<split>-00000-of-00001.parquet` and a README whose
+    front matter declares the config and where its split is."""
+    (path / folder).mkdir(parents=True, exist_ok=True)
+    ds.to_parquet(str(path / folder / f"{split}-00000-of-00001.parquet"))
     (path / "README.md").write_text(
-        "---\nconfigs:\n- config_name: all\n  data_files:\n  - split: test\n"
-        "    path: all/test-*\n---\n# MMLU (fixture)\n")
+        f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: {split}\n"
+        f"    path: {folder}/{split}-*\n---\n# {path.name} (fixture)\n")
     return path
 
 

@@ -67,10 +67,12 @@ def test_a_task_needing_more_letters_is_refused_naming_model_task_and_count(four
 def test_the_runner_checks_each_task_before_scoring_it(four_letters, tmp_path):
     tasks = {"four": ListTask("four", "text_heavy", questions(4)),
              "five": ListTask("five", "text_heavy", questions(5))}
-    with pytest.raises(AnswerTokenError, match="cannot score task 'five'"):
-        run_benchmark(four_letters, tasks, {}, tmp_path, batch_size=2, progress=False)
-    stored = "".join(p.read_text() for p in (tmp_path / "shards").glob("*.jsonl"))
-    assert '"four"' in stored and '"five"' not in stored  # the first task was kept
+    result = run_benchmark(four_letters, tasks, {}, tmp_path, batch_size=2, progress=False)
+    [failure] = result.failures  # reported as the task's failure; the other task is scored
+    assert failure.task == "five" and "cannot score task 'five'" in failure.error
+    assert list(result.metrics) == ["four"]
+    stored = (tmp_path / "records.jsonl").read_text()
+    assert '"four"' in stored and '"five"' not in stored
 
 
 # -- vocabulary coverage ---------------------------------------------------------------------

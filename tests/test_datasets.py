@@ -4,16 +4,21 @@ No network: every task reads its fixture from `data_root`; nothing calls load_da
 """
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
-from conftest import image_heavy_samples
+from conftest import ListTask, image_heavy_samples
 from dataset_fixtures import (
     ARC_ROWS,
     CALTECH_FILES,
+    CALTECH_ORIGINAL,
     FOOD_LABELS,
     FOOD_NAMES,
     MINI_IMAGENET_LABELS,
@@ -23,8 +28,13 @@ from dataset_fixtures import (
     OBQA_ROWS,
     SCIENCEQA_ROWS,
     SEED_ROWS,
+    WRITERS,
     image,
     write_all,
+    write_caltech_original,
+    write_caltech_train_only,
+    write_mmlu,
+    write_scienceqa,
 )
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
@@ -39,9 +49,11 @@ from mibench.prompts import (
     question_template,
 )
 from mibench.records import Sample
+from mibench.runner import run_benchmark
+from mibench.store import ResumeMismatchError
 from mibench.tables import load_runs, render_tables
 from mibench.tasks.classification import mc_options
-from mibench.tasks.hf_dataset import DatasetLoadError
+from mibench.tasks.hf_dataset import DataError, DatasetLoadError
 from mibench.tasks.sampling import allocate, stratified_indices, stratified_subset
 
 TASK_CONF = Path(mibench.conf.__file__).parent / "task"
@@ -270,7 +282,7 @@ def test_missing_local_copy_names_task_and_path(tmp_path):
 
 
 def test_wrong_column_names_the_column(data_root):
-    with pytest.raises(KeyError, match="no column\\(s\\) \\['question_text'\\]"):
+    with pytest.raises(DataError, match="no column\\(s\\) \\['question_text'\\]"):
         task("mmlu", data_root, columns={"question": "question_text", "choices": "choices",
                                          "answer": "answer"}).samples()
 
@@ -282,16 +294,21 @@ def test_bad_answer_names_the_row(data_root):
 
 
 # -- the cai2025 grid end to end -----------------------------------------------------------
-def test_cai2025_grid_runs_end_to_end_and_renders(tiny_checkpoint, data_root, tmp_path):
-    out = tmp_path / "run"
+def run_on_tiny_model(checkpoint: str, data_root: Path, out: Path, *overrides: str) -> dict:
+    """`mibench <overrides>` on the tiny random LLaVA, reading `data_root`."""
     with initialize_config_module("mibench.conf", version_base="1.3"):
         cfg = compose("config", overrides=[
-            "benchmark=cai2025", "model=hf", f"model.path={tiny_checkpoint}", "model.name=tiny",
+            *overrides, "model=hf", f"model.path={checkpoint}", "model.name=tiny",
             "model.dtype=float32", "model.device=cpu", f"data_root={data_root}",
             f"out_dir={out}", "progress=false", "batch_size=4",
             # the tiny checkpoint knows the toy's words, not the fixtures': warn, do not refuse
             "model.unknown_words_refuse=1"])
-    document = run(cfg)
+    return run(cfg)
+
+
+def test_cai2025_grid_runs_end_to_end_and_renders(tiny_checkpoint, data_root, tmp_path):
+    out = tmp_path / "run"
+    document = run_on_tiny_model(tiny_checkpoint, data_root, out, "benchmark=cai2025")
     results = document["results"]
     assert list(results) == STUDY_TASKS
     image_heavy = {"clean", "unrelated_text", "misleading_text"}
@@ -324,3 +341,194 @@ def test_cai2025_grid_runs_end_to_end_and_renders(tiny_checkpoint, data_root, tm
             assert value == pytest.approx(100 * acc["value"], abs=0.051)
             assert low == pytest.approx(100 * acc["low"], abs=0.051)
             assert high == pytest.approx(100 * acc["high"], abs=0.051)
+
+
+# -- local copies are read from the files named ---------------------------------------------
+def mmlu_rows(tag: str, n: int) -> dict:
+    return {"question": [f"{tag} question {i}?" for i in range(n)], "subject": ["x"] * n,
+            "choices": [[f"{tag} a{i}", "b", "c", "d"] for i in range(n)], "answer": [0] * n}
+
+
+def test_two_local_copies_with_the_same_layout_load_their_own_rows(tmp_path):
+    """`datasets` caches a local folder under its base name, config and file layout only: two
+    MMLU snapshots (p1/mmlu, p2/mmlu) used to share one cache entry and the second was read
+    as the first one's rows."""
+    write_mmlu(tmp_path / "p1", mmlu_rows("p1", 3))
+    write_mmlu(tmp_path / "p2", mmlu_rows("p2", 4))
+    first = task("mmlu", tmp_path / "p1").samples()
+    second = task("mmlu", tmp_path / "p2").samples()
+    assert [s.question for s in first] == mmlu_rows("p1", 3)["question"]
+    assert [s.question for s in second] == mmlu_rows("p2", 4)["question"]
+    # the same folder rewritten in place (same names, same layout) is read again
+    write_mmlu(tmp_path / "p1", mmlu_rows("p1-new", 3))
+    again = task("mmlu", tmp_path / "p1")
+    assert [s.question for s in again.samples()] == mmlu_rows("p1-new", 3)["question"]
+    assert again.data_digest() != task_digest("mmlu", tmp_path / "p2")
+
+
+def task_digest(name: str, root: Path) -> str:
+    t = task(name, root)
+    t.samples()
+    return t.data_digest()
+
+
+def test_the_tests_never_write_into_the_users_hugging_face_cache():
+    import datasets
+
+    home = Path(os.environ["HF_HOME"])
+    assert home.name.startswith("mibench-tests-hf-")
+    assert Path(datasets.config.HF_DATASETS_CACHE).is_relative_to(home)
+    assert not Path(datasets.config.HF_DATASETS_CACHE).is_relative_to(Path.home() / ".cache")
+
+
+def one_cell(data_root: Path, out: Path, tiny_checkpoint: str) -> dict:
+    return run_on_tiny_model(tiny_checkpoint, data_root, out, "task=mmlu",
+                             "perturbation=black_image")
+
+
+def test_a_rerun_after_the_data_changed_is_refused_never_stale(tiny_checkpoint, tmp_path):
+    root, out = tmp_path / "data", tmp_path / "run"
+    write_mmlu(root, mmlu_rows("v1", 4))
+    document = one_cell(root, out, tiny_checkpoint)
+    digest = document["tasks"]["mmlu"]["data_digest"]
+    assert digest.startswith("sha256:")
+    stored = json.loads((out / "fingerprint.json").read_text())
+    assert stored["tasks"]["mmlu"]["data_digest"] == digest
+    again = one_cell(root, out, tiny_checkpoint)["results"]  # the same data resumes
+    assert json.dumps(again, sort_keys=True) == json.dumps(document["results"], sort_keys=True)
+    write_mmlu(root, mmlu_rows("v2", 4))  # same files, new rows
+    with pytest.raises(ResumeMismatchError) as err:
+        one_cell(root, out, tiny_checkpoint)
+    assert re.search(r"The data of task 'mmlu' changed \(data digest sha256:\w+ -> sha256:\w+\)",
+                     str(err.value))
+    assert f"tasks.mmlu.data_digest: \"{digest}\" -> " in str(err.value)
+
+
+def test_metrics_count_only_the_ids_the_task_has_now(tiny_adapter, tmp_path):
+    samples = image_heavy_samples(6)
+    run_benchmark(tiny_adapter, {"ih": ListTask("ih", "image_heavy", samples)}, {}, tmp_path,
+                  progress=False)
+    fewer = run_benchmark(tiny_adapter, {"ih": ListTask("ih", "image_heavy", samples[:4])}, {},
+                          tmp_path, progress=False)
+    assert fewer.metrics["ih"]["clean"]["accuracy"].n == 4  # not the 6 stored records
+
+
+# -- dataset copies as users bring them ------------------------------------------------------
+def test_caltech_original_distribution_with_its_original_casing(tmp_path):
+    write_caltech_original(tmp_path)
+    t = task("caltech101", tmp_path)
+    samples = t.samples()
+    expected = {"Faces": "face", "Faces_easy": "face", "Leopards": "leopard",
+                "Motorbikes": "motorbike", "car_side": "car"}
+    labels = [expected.get(c, c) for c in sorted(CALTECH_ORIGINAL)
+              for _ in range(CALTECH_ORIGINAL[c]) if c != "BACKGROUND_Google"]
+    assert sorted(s.meta["label"] for s in samples) == sorted(labels)
+    assert all("BACKGROUND Google" not in s.options for s in samples)
+    check_classification(samples, [s.meta["label"] for s in samples])
+    # excluding the clutter class by its original name keeps every readable alias
+    by_original = task("caltech101", tmp_path, exclude_labels=["BACKGROUND_Google"]).samples()
+    assert [(s.options, s.answer) for s in by_original] == [(s.options, s.answer)
+                                                              for s in samples]
+    assert "Faces easy" not in {o for s in by_original for o in s.options}
+    assert t.data_digest().startswith("sha256:")
+
+
+def test_a_copy_with_a_train_split_only_names_the_splits_and_the_override(tmp_path):
+    write_caltech_train_only(tmp_path)
+    with pytest.raises(DatasetLoadError, match=r"task 'caltech101': .*caltech101 has split\(s\) "
+                       r"\['train'\], not 'test'; choose one with task.split=train "
+                       r"\(grid.tasks.caltech101.split=train inside a benchmark\)"):
+        task("caltech101", tmp_path).samples()
+    samples = task("caltech101", tmp_path, split="train").samples()  # no clutter class: fine
+    assert len(samples) == 10 and {"face", "leopard"} <= {s.meta["label"] for s in samples}
+
+
+def test_a_copy_labelled_with_bare_numbers_is_refused(tmp_path):
+    """GATE-engine/mini_imagenet labels images 0..63 with no names: no option could say what
+    the class is."""
+    ds = datasets.Dataset.from_dict({"image": [image(i) for i in range(3)], "label": [0, 1, 2]},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "label": datasets.Value("int64")}))
+    (tmp_path / "mini_imagenet").mkdir()
+    ds.to_parquet(str(tmp_path / "mini_imagenet" / "test.parquet"))
+    with pytest.raises(DataError, match=r"labels its images with bare numbers .*class_names"):
+        task("mini_imagenet", tmp_path).samples()
+
+
+def test_a_snapshot_with_several_configs_needs_config_name_settable_without_plus(tmp_path):
+    write_scienceqa(tmp_path)
+    path = tmp_path / "scienceqa"
+    (path / "images").mkdir()
+    (path / "test.parquet").rename(path / "images" / "test-00000-of-00001.parquet")
+    (path / "text").mkdir()
+    (path / "README.md").write_text(
+        "---\nconfigs:\n- config_name: images\n  data_files:\n  - split: test\n"
+        "    path: images/test-*\n- config_name: other\n  data_files:\n  - split: test\n"
+        "    path: images/test-*\n---\n")
+    with pytest.raises(DatasetLoadError, match=r"task 'scienceqa': .*task.config_name="):
+        task("scienceqa", tmp_path).samples()
+    with initialize_config_module("mibench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["task=scienceqa", "task.config_name=images",
+                                           f"data_root={tmp_path}"])
+    assert len(instantiate(cfg.task).samples()) == sum(SCIENCEQA_ROWS["has_image"])
+
+
+@pytest.mark.parametrize("name", STUDY_TASKS)
+def test_every_study_task_declares_config_name(name):
+    assert "config_name" in OmegaConf.load(TASK_CONF / f"{name}.yaml")
+
+
+def test_mini_imagenet_class_names_are_unambiguous_options():
+    names = list(OmegaConf.load(TASK_CONF / "mini_imagenet.yaml").class_names.values())
+    assert len(names) == len(set(names)) == 100
+    for vague in ("file", "slot", "upright", "organ", "tank", "ear", "reel", "boxer"):
+        assert vague not in names
+    assert {"file cabinet", "slot machine", "upright piano"} <= set(names)
+
+
+def test_offline_hub_errors_are_one_line_naming_task_hub_id_and_layouts():
+    t = task("mmlu", Path("unused"), data_dir=None)
+    with pytest.raises(DatasetLoadError) as err:
+        t.samples()
+    message = str(err.value)
+    assert "\n" not in message
+    assert "task 'mmlu': cannot load the hub dataset 'cais/mmlu'" in message
+    assert "data_root=DIR with DIR/mmlu holding one of" in message
+
+
+# -- a failing task is reported, the rest is written ----------------------------------------
+def test_a_grid_reports_a_failed_task_and_writes_every_other(tiny_checkpoint, tmp_path):
+    """The study's grid without its Caltech-101 copy: caltech101 fails, so do the
+    switched_image conditions whose donors come from it; everything else is scored."""
+    root = tmp_path / "data"
+    for name, writer in WRITERS.items():
+        if name != "caltech101":
+            writer(root)
+    out = tmp_path / "run"
+    document = run_on_tiny_model(tiny_checkpoint, root, out, "benchmark=cai2025")
+    failed = {(f["task"], f["condition"]) for f in document["failed"]}
+    assert failed == {("caltech101", None), ("mmlu", "switched_image"),
+                      ("openbookqa", "switched_image"), ("arc_challenge", "switched_image")}
+    assert all("no local copy at" in f["error"] for f in document["failed"])
+    assert [t for t in STUDY_TASKS if t != "caltech101"] == list(document["results"])
+    assert set(document["results"]["mmlu"]) == {"clean", "random_pixels", "black_image",
+                                                 "white_image"}
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["failed"] == document["failed"]
+    table = (out / "table.md").read_text()
+    assert "| caltech101 | all | - | FAILED |" in table
+    assert "| mmlu | switched_image | - | FAILED |" in table
+
+
+def test_the_command_exits_non_zero_when_a_task_failed(tiny_checkpoint, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "mibench.cli", "task=caltech101", "perturbation=misleading_text",
+         "model=hf",
+         f"model.path={tiny_checkpoint}", "model.dtype=float32", "model.device=cpu",
+         f"data_root={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path / 'run'}",
+         "progress=false"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "| caltech101 | all | - | FAILED |" in out.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["failed"][0]["task"] == "caltech101" and metrics["results"] == {}

@@ -54,7 +54,7 @@ def test_config_contract(path):
     assert perturbation.describe()["name"] == path.stem
 
 
-sample_text = st.text(alphabet="abcdefg ?.", min_size=1, max_size=40)
+sample_text = st.text(alphabet="abcdefg ?.", min_size=1, max_size=40).filter(str.strip)
 
 
 @st.composite

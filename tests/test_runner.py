@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from conftest import ListTask, image_heavy_samples, text_heavy_samples
 from mibench.perturbations.base import Perturbation
 from mibench.perturbations.image import BlankImage
 from mibench.perturbations.text import MisleadingText, UnrelatedText
-from mibench.runner import PerturbationError, run_benchmark
+from mibench.runner import run_benchmark
 from mibench.store import ResumeMismatchError
 
 
@@ -94,10 +95,13 @@ class Explodes(Perturbation):
 def test_broken_perturbations_name_the_sample_and_keep_clean_records(
         tiny_adapter, tmp_path, perturbation, message):
     tasks = {"th": ListTask("th", "text_heavy", text_heavy_samples(3))}
-    with pytest.raises(PerturbationError, match=message):
-        run_benchmark(tiny_adapter, tasks, {perturbation.name: perturbation}, tmp_path,
-                      progress=False)
+    result = run_benchmark(tiny_adapter, tasks, {perturbation.name: perturbation}, tmp_path,
+                           progress=False)
+    (failure,) = result.failures
+    assert (failure.task, failure.condition) == ("th", perturbation.name)
+    assert re.search(message, failure.error)
     assert len(read_records(tmp_path)) == 3  # the clean condition was kept
+    assert list(result.metrics["th"]) == ["clean"]
 
 
 class ExplodesOnText(Perturbation):
@@ -110,13 +114,16 @@ class ExplodesOnText(Perturbation):
 def test_a_failing_text_perturbation_keeps_the_conditions_scored_with_clean(tiny_adapter,
                                                                              tmp_path):
     """Text-only conditions are scored with clean, batch by batch; one that fails to build
-    is reported by name once clean and the conditions before it are stored."""
+    is reported by name while clean and the other conditions are scored and stored."""
     tasks = {"ih": ListTask("ih", "image_heavy", image_heavy_samples(3))}
     conditions = {"unrelated_text": UnrelatedText(), "explodes_on_text": ExplodesOnText()}
-    with pytest.raises(PerturbationError, match="'explodes_on_text' failed on sample 'ih-0'"):
-        run_benchmark(tiny_adapter, tasks, conditions, tmp_path, progress=False)
+    result = run_benchmark(tiny_adapter, tasks, conditions, tmp_path, progress=False)
+    (failure,) = result.failures
+    assert failure.condition == "explodes_on_text"
+    assert "'explodes_on_text' failed on sample 'ih-0'" in failure.error
     stored = {key[1] for key in read_records(tmp_path)}
     assert stored == {"clean", "unrelated_text"}
+    assert list(result.metrics["ih"]) == ["clean", "unrelated_text"]
 
 
 def test_perturbation_that_no_task_allows_is_refused(tiny_adapter, tmp_path):
