@@ -51,6 +51,11 @@ class AttackOutcome:
     targets: list[int] | None
     result: PGDResult
 
+    @property
+    def lures(self) -> list[int | None]:
+        """The wrong option each sample was pushed toward (see `MLLMAttack.lures`)."""
+        return lures_of(self.samples, self.targets)
+
 
 class MLLMAttack(Attack):
     """Shared constructor, checks and objective of the PGD attacks on an MLLM."""
@@ -107,6 +112,11 @@ class MLLMAttack(Attack):
                ) -> list[np.ndarray]:
         return self.run(model, samples, seeds).probs
 
+    def score(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
+              ) -> tuple[list[np.ndarray], list[int | None]]:
+        outcome = self.run(model, samples, seeds)
+        return outcome.probs, outcome.lures
+
     def run(self, model: DifferentiableAdapter, samples: Sequence[Sample], seeds: Sequence[int]
             ) -> AttackOutcome:
         raise NotImplementedError
@@ -145,8 +155,7 @@ class MLLMAttack(Attack):
         """The wrong option each sample is pushed toward: the target of a targeted attack,
         else the option its base perturbation names (e.g. a misleading caption), if any."""
         prepared = self.apply_base(samples, seeds)
-        targets = self.targets(prepared, seeds)
-        return list(targets) if targets is not None else [s.meta.get("lure") for s in prepared]
+        return lures_of(prepared, self.targets(prepared, seeds))
 
     def targets(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[int] | None:
         """The wrong option each sample is pushed toward, or None when untargeted.
@@ -168,6 +177,11 @@ class MLLMAttack(Attack):
                                   f"{lure}, not a wrong option among {len(sample.options)}")
             out.append(int(lure))
         return out
+
+
+def lures_of(samples: Sequence[Sample], targets: Sequence[int] | None) -> list[int | None]:
+    """The targets of a targeted attack, else the option each (base-perturbed) sample names."""
+    return list(targets) if targets is not None else [s.meta.get("lure") for s in samples]
 
 
 def option_evaluation(model: DifferentiableAdapter, logits: Tensor, samples: Sequence[Sample],

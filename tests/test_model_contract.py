@@ -3,7 +3,7 @@
 A test family defined here (another pixel layout, another way to feed embeddings) is attacked
 without any change to `perturbations/`; a model that can only be queried is refused in one
 line; every forward pass of an attack goes through the family's `answer_logits`, overrides
-included.
+included; the runner applies an attack's base perturbation once per batch.
 """
 
 from __future__ import annotations
@@ -264,3 +264,34 @@ def test_embeddings_need_the_batch_embed_returned(tiny_adapter):
     inputs = tiny_adapter.encode(distracted(1))
     with pytest.raises(WhiteBoxError, match="embed"):
         tiny_adapter.answer_logits(inputs, embeds=torch.zeros(1, 4, 8))
+
+
+# -- the runner ----------------------------------------------------------------------------------
+class CountedBlack(BlankImage):
+    """A black base image that counts how often it is applied."""
+
+    applied = 0
+
+    def apply(self, sample, rng):
+        CountedBlack.applied += 1
+        return super().apply(sample, rng)
+
+
+def test_the_runner_applies_an_attacks_base_once_per_sample(tiny_adapter, tmp_path):
+    samples = text_heavy_samples(5)
+    attack = PixelPGD(eps=0.02, steps=1, targeted="random", base=CountedBlack("black_image",
+                                                                               size=(32, 32)))
+    CountedBlack.applied = 0
+    run_benchmark(tiny_adapter, {"th": ListTask("th", "text_heavy", samples)},
+                  {attack.name: attack}, tmp_path, batch_size=2, progress=False)
+    assert CountedBlack.applied == len(samples)
+    rows = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    lures = {r["sample_id"]: r["lure"] for r in rows if r["condition"] == attack.name}
+    seeds = [stable_seed_of(attack, s) for s in samples]
+    assert [lures[s.id] for s in samples] == attack.targets(samples, seeds)
+
+
+def stable_seed_of(attack, sample):
+    from mibench.seeding import stable_seed
+
+    return stable_seed(0, "th", attack.name, sample.id)
