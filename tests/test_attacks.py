@@ -31,6 +31,7 @@ from mibench.perturbations.text import MisleadingText
 from mibench.runner import run_benchmark
 
 CONF = Path(mibench.conf.__file__).parent / "perturbation"
+pytestmark = pytest.mark.usefixtures("one_thread")
 BLACK = BlankImage("black_image", size=(32, 32))
 
 
@@ -41,15 +42,6 @@ def seeds_for(samples):
 def distracted(n):
     """Image-heavy samples with a distractor span, so all three masks have something."""
     return [dataclasses.replace(s, distractor="anna has a box .") for s in image_heavy_samples(n)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -35,14 +35,7 @@ from mibench.records import Sample
 from mibench.runner import run_benchmark
 
 BLACK = BlankImage("black_image", size=(32, 32))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seeds_for(samples):

@@ -52,7 +52,8 @@ SHIPPED = ROOT / "results" / "submissions" / "toy_llava" / "records.jsonl.gz"
 DEFAULT_CELLS = {"toy_image_heavy": ["clean", "misleading_text"],
                  "toy_text_heavy": ["clean", "switched_image"],
                  "toy_vqa": ["clean"]}
-THREADS = 1
+THREADS = 1  # as the `one_thread` fixture every test here runs under
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def environment() -> dict:
@@ -163,14 +164,6 @@ def training_step(adapter) -> dict:
 @pytest.fixture(scope="module")
 def capture() -> dict:
     return json.loads(FIXTURE.read_text())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def pinned_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
