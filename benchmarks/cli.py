@@ -115,6 +115,8 @@ def run(cfg: DictConfig) -> dict | None:
         if result is None:
             return None
         document = metrics_document(result, prints, config)
+        # how it was scored: recorded, never fingerprinted (batch size changes no number)
+        document["scoring"] = {"batch_size": int(cfg.batch_size), "processes": result.processes}
         path = write_metrics(document, out_dir)
         table = format_table(document["results"])
         (out_dir / "table.md").write_text(table + "\n")

@@ -8,7 +8,6 @@ seed; then each (task, condition) cell gives two paired tests, on accuracy and o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .bounded_json import read_json_file
 from .errors import MibenchError
 from .records import Record
-from .report import METRICS_FILE
+from .report import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
 from .runner import CLEAN
 from .scoring import Estimate
 from .stats import McNemar, holm, mcnemar_exact, paired_difference
@@ -71,7 +71,8 @@ def load_run(path: str | Path) -> Run:
                  "prompt": doc["prompt"], "seed": doc["seed"]}
         label, results, records = doc["name"], doc["results"], sub.records
     elif (path / METRICS_FILE).is_file():
-        metrics = json.loads((path / METRICS_FILE).read_text())
+        metrics = read_json_file(path / METRICS_FILE, MAX_METRICS_BYTES, MAX_METRICS_DEPTH,
+                                 strict=False)
         setup = {k: metrics[k] for k in ("tasks", "conditions", "prompt", "seed")}
         label, results = metrics["model"].get("name") or path.name, metrics["results"]
         records = [Record.from_json(r) for r in read_records_jsonl(path / RECORDS_FILE)]

@@ -14,6 +14,7 @@ import argparse
 import base64
 import html
 import io
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import scoring
+from .registry import registry
 from .report import format_estimate, format_table
 from .runner import CLEAN
 from .submission import SUBMISSION_FILE, Submission, SubmissionError, load_submission
@@ -55,6 +57,11 @@ class Entry:
     chance: dict[str, float] = field(default_factory=dict)  # task -> mean 1/options
     interval: tuple[float, float] = (float("nan"), float("nan"))  # of the score, 95%
     rank: int | None = None
+    duplicate_of: str | None = None  # an entry above with the very same weights
+
+    @property
+    def weights(self) -> str | None:
+        return (self.submission.document.get("model") or {}).get("weights_sha256")
 
     @property
     def name(self) -> str:
@@ -76,6 +83,9 @@ class Entry:
 
     @property
     def unranked_reason(self) -> str:
+        if self.duplicate_of:
+            return (f"the same weights (sha256 {self.weights[:12]}) as {self.duplicate_of}, "
+                    "ranked once")
         if not np.isfinite(self.score):
             return "no heuristic cell"
         at_chance = [t for t in self.clean if self.clean[t]["low"] is None
@@ -143,13 +153,38 @@ def rank(entries: list[Entry]) -> list[Entry]:
     def order(e: Entry) -> tuple:
         return (np.nan_to_num(e.score, nan=np.inf), -e.clean_accuracy, e.name)
 
-    ranked = sorted((e for e in entries if e.above_chance and np.isfinite(e.score)), key=order)
+    eligible = [e for e in entries if e.above_chance and np.isfinite(e.score)]
+    ranked: list[Entry] = []
+    first_with: dict[str, str] = {}  # weights digest -> the best entry that has them
+    for entry in sorted(entries, key=lambda e: (e not in eligible, *order(e))):
+        entry.duplicate_of = first_with.get(entry.weights) if entry.weights else None
+        if entry.weights:
+            first_with.setdefault(entry.weights, entry.name)
+        if entry in eligible and not entry.duplicate_of:
+            ranked.append(entry)
     unranked = sorted((e for e in entries if e not in ranked), key=order)
     for i, entry in enumerate(ranked, 1):
         entry.rank = i
     for entry in unranked:
         entry.rank = None
     return ranked + unranked
+
+
+def registry_problems(document: dict) -> list[str]:
+    """Benchmark, task and condition names must be the suite's own: they are shown as text."""
+    reg = registry()
+    problems = []
+    name = document["benchmark"]["name"]
+    if name is not None and name not in reg.benchmarks:
+        problems.append(f"benchmark.name: {str(name)[:60]!r} is not a benchmark of this suite")
+    tasks = set(document["tasks"]) | set(document["results"])
+    conditions = set(document["threat_models"]) | set(document["condition_kinds"]) | {
+        c for conds in document["results"].values() for c in conds} - {CLEAN}
+    problems += [f"task {str(t)[:60]!r} is not a task of this suite"
+                 for t in sorted(tasks - set(reg.tasks))]
+    problems += [f"condition {str(c)[:60]!r} is not a condition of this suite"
+                 for c in sorted(conditions - set(reg.perturbations))]
+    return problems
 
 
 def load_board(results_dir: str | Path) -> dict[str, list[Entry]]:
@@ -162,6 +197,9 @@ def load_board(results_dir: str | Path) -> dict[str, list[Entry]]:
         if submission.name != path.parent.name:
             raise SubmissionError(path, [f"name {submission.name!r} differs from its folder "
                                          f"{path.parent.name!r}"])
+        problems = registry_problems(submission.document)
+        if problems:
+            raise SubmissionError(path, problems)
         groups[submission.document["benchmark"]["key"]].append(entry_for(submission))
     return {key: rank(entries) for key, entries in sorted(groups.items())}
 
@@ -171,18 +209,43 @@ def _pct(value: float | None) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
 
 
+# Characters Markdown gives a meaning anywhere in a line (table cells, links and images,
+# code, emphasis, strike-through), an underscore that is not inside a word, and what starts a
+# heading, list, quote or rule at the beginning of a line.
+_MD_INLINE = re.compile(r"([\\`*|\[\]~!]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+_MD_LEADING = re.compile(r"^(\d*)([#>+=.)-])")
+_AUTOLINK = re.compile(r"(?i)\b(https?|ftp)://|\b(www)\.")
+
+
+def md(text: object) -> str:
+    """Submission-controlled text as inert Markdown: one line, its HTML escaped, every
+    character with a Markdown meaning escaped, no bare URL left to autolink."""
+    flat = html.escape(" ".join(str(text).split()), quote=False)
+    flat = _MD_LEADING.sub(r"\1\\\2", _MD_INLINE.sub(r"\\\1", flat))
+    return _AUTOLINK.sub(lambda m: f"{m[1]}:\\/\\/" if m[1] else f"{m[2]}\\.", flat)
+
+
 def _benchmark_title(entries: list[Entry]) -> str:
+    """The group's title, from the suite's benchmark definitions (a submission's own text
+    never titles a group): a shipped benchmark whose tasks and conditions the group measures,
+    else a custom one."""
     doc = entries[0].submission.document
-    name = doc["benchmark"]["name"] or "custom"
-    return (f"Benchmark `{name}` (key {doc['benchmark']['key'][:12]}; "
-            f"{len(doc['tasks'])} tasks, {len(doc['threat_models'])} conditions, "
-            f"seed {doc['seed']})")
+    tasks, conditions = set(doc["tasks"]), set(doc["threat_models"])
+    names = [b.name for b in registry().benchmarks.values()
+             if (set(b.tasks), set(b.conditions)) == (tasks, conditions)]
+    title = f"Benchmark `{names[0]}`" if names else "Custom benchmark"
+    return (f"{title} (key {doc['benchmark']['key'][:12]}; {len(tasks)} tasks, "
+            f"{len(conditions)} conditions, seed {int(doc['seed'])})")
 
 
 def _model_ref(entry: Entry) -> str:
     model = entry.submission.document["model"]
     ref = model.get("commit") or model.get("revision") or model.get("weights_sha256")
-    return (ref or "-")[:12]
+    return str(ref or "-")[:12]
+
+
+FIXED_HEADER = 5  # the ranking table's own columns; cell names (submitted text) follow
+TEXT_COLUMNS = (1, 2)  # model name and revision / weights: submitted text
 
 
 def _ranking_rows(entries: list[Entry]) -> tuple[list[str], list[list[tuple[str, float | None]]]]:
@@ -217,13 +280,24 @@ def markdown(board: dict[str, list[Entry]]) -> str:
     for entries in board.values():
         header, rows = _ranking_rows(entries)
         lines += ["", f"## {_benchmark_title(entries)}", "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(text for text, _ in row) + " |" for row in rows]
-        notes = [f"- {e.name}: unranked, {e.unranked_reason}" for e in entries if not e.rank]
+                  "| " + " | ".join(md(h) if i >= FIXED_HEADER else h
+                                    for i, h in enumerate(header)) + " |",
+                  "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(md(text) if i in TEXT_COLUMNS else text
+                                    for i, (text, _) in enumerate(row)) + " |" for row in rows]
+        notes = [f"- {md(e.name)}: unranked, {md(e.unranked_reason)}"
+                 for e in entries if not e.rank]
         lines += ["", *notes] if notes else []
         for e in entries:
-            lines += ["", f"### {e.name}", "", format_table(e.submission.document["results"])]
+            lines += ["", f"### {md(e.name)}", "", _escaped_table(e.submission.document)]
     return "\n".join(lines) + "\n"
+
+
+def _escaped_table(document: dict) -> str:
+    """A submission's results table, with its task and condition names escaped."""
+    results = {md(task): {md(cond): m for cond, m in conds.items()}
+               for task, conds in document["results"].items()}
+    return format_table(results)
 
 
 # -- plots ---------------------------------------------------------------------------------
@@ -328,7 +402,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f3f3f3; cursor: pointer; user-select: none; max-width: 9em;
-     overflow-wrap: anywhere; }
+     overflow-wrap: normal; word-break: normal; hyphens: manual; }
 th[aria-sort=ascending]::after { content: " \\25B2"; }
 th[aria-sort=descending]::after { content: " \\25BC"; }
 td.text, th.text { text-align: left; } .unranked { color: #888; }
@@ -339,7 +413,7 @@ td.text, th.text { text-align: left; } .unranked { color: #888; }
 def _table_html(header: list[str], rows: list[list[tuple[str, float | None]]],
                 row_class: list[str] | None = None) -> str:
     out = ['<table class="sortable"><thead><tr>']
-    out += [f"<th>{html.escape(h)}</th>" for h in header]
+    out += [f"<th>{_header_html(h)}</th>" for h in header]
     out.append("</tr></thead><tbody>")
     for i, row in enumerate(rows):
         css = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
@@ -352,6 +426,12 @@ def _table_html(header: list[str], rows: list[list[tuple[str, float | None]]],
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)
+
+
+def _header_html(text: str) -> str:
+    """A column header that wraps between words only: at spaces, and after the `/` and `_`
+    that join the words of a cell name ("toy_image_heavy/misleading_text")."""
+    return re.sub(r"([/_])", r"\1<wbr>", html.escape(text))
 
 
 def _detail_rows(entry: Entry) -> list[list[tuple[str, float | None]]]:

@@ -10,10 +10,15 @@ from typing import Any
 
 from mibench import __version__
 
+from .atomic import write_text_atomic
 from .runner import CLEAN, BenchmarkResult
 
 SCHEMA_VERSION = 1
 METRICS_FILE = "metrics.json"
+# Bounds for reading a metrics.json that may come from elsewhere (compare, tables): the full
+# cai2025 grid's is well under 1 MiB and nests about 8 levels.
+MAX_METRICS_BYTES = 64 << 20
+MAX_METRICS_DEPTH = 64
 
 
 def git_sha() -> str | None:
@@ -47,9 +52,8 @@ def metrics_document(result: BenchmarkResult, fingerprint: dict, config: Any) ->
 
 
 def write_metrics(document: dict, out_dir: str | Path) -> Path:
-    path = Path(out_dir) / METRICS_FILE
-    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    return path
+    return write_text_atomic(Path(out_dir) / METRICS_FILE,
+                             json.dumps(document, indent=2, default=str) + "\n")
 
 
 def format_estimate(estimate: dict | None, percent: bool = True, signed: bool = False) -> str:

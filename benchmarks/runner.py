@@ -217,6 +217,7 @@ def run_benchmark(
     for task_name, task in tasks.items():
         samples = task.samples()
         _check_unique_ids(samples, task_name)
+        model.check_samples(task_name, samples)
         skipped = [n for n, p in perturbations.items() if not applies_to(p, task)]
         if skipped and processes.is_main:
             log.info("%s (%s): not applied, they touch a modality its answer needs: %s",

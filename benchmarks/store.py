@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .errors import MibenchError
 from .records import Record
 
@@ -24,8 +25,25 @@ class ResumeMismatchError(MibenchError, RuntimeError):
     """An output directory holds records of a differently configured run."""
 
 
+def differences(old: object, new: object, where: str = "") -> list[str]:
+    """'key.path: old -> new' for every leaf that differs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(set(old) | set(new), key=str)
+                for line in differences(old.get(key), new.get(key),
+                                         f"{where}.{key}" if where else str(key))]
+    if old == new:
+        return []
+    return [f"{where}: {_short(old)} -> {_short(new)}"]
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def check_fingerprint(out_dir: str | Path, fingerprint: dict, write: bool) -> None:
-    """Refuse a directory whose records came from another configuration.
+    """Refuse a directory whose records came from another configuration, other weights or
+    other data, naming every difference.
 
     `write` (the main process only) records the fingerprint of a new directory.
     """
@@ -34,15 +52,22 @@ def check_fingerprint(out_dir: str | Path, fingerprint: dict, write: bool) -> No
     if path.exists():
         stored = json.loads(path.read_text())
         if stored != canonical:
-            changed = sorted(k for k in set(stored) | set(canonical)
-                             if stored.get(k) != canonical.get(k))
+            changed = differences(stored, canonical)
+            shown = "\n".join(f"  - {line}" for line in changed[:20])
+            more = f"\n  (+{len(changed) - 20} more)" if len(changed) > 20 else ""
+            weights = any(line.startswith("model.weights_sha256") for line in changed)
+            top = sorted(k for k in set(stored) | set(canonical)
+                         if stored.get(k) != canonical.get(k))
             raise ResumeMismatchError(
-                f"{out_dir} holds records of a run configured differently "
-                f"(changed: {', '.join(changed)}); use a new output directory "
-                f"(hydra.run.dir=...) rather than mixing results")
+                f"{out_dir} holds records of a run configured differently (changed: "
+                f"{', '.join(top)}), so they are not reused:\n{shown}{more}\n"
+                + ("The checkpoint's files changed since those records were computed. "
+                   if weights else "")
+                + "Score into a new output directory (hydra.run.dir=...), or delete this one "
+                "to recompute it; never mix the two.")
     elif write:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(canonical, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(path, json.dumps(canonical, indent=2, sort_keys=True) + "\n")
 
 
 def read_records(path: Path, repair: bool = False) -> list[Record]:

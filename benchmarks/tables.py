@@ -11,12 +11,12 @@ polygon per run. Input: run directories (holding metrics.json) or metrics.json f
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .report import METRICS_FILE, format_estimate
+from .bounded_json import read_json_file
+from .report import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE, format_estimate
 
 CATEGORY_TITLES = {"image_heavy": "Image-heavy", "text_heavy": "Text-heavy", "vqa": "VQA"}
 PERCENT_METRICS = {"accuracy", "drop", "flip_rate", "harm_rate", "lure_rate"}
@@ -46,10 +46,7 @@ def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) 
         if not file.is_file():
             raise FileNotFoundError(f"no {METRICS_FILE} at {file} (give a run directory or the "
                                     "metrics.json file)")
-        try:
-            document = json.loads(file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{file} is not valid JSON: {err}") from err
+        document = read_json_file(file, MAX_METRICS_BYTES, MAX_METRICS_DEPTH, strict=False)
         if "results" not in document:
             raise ValueError(f"{file} has no 'results': is it a mibench metrics.json?")
         found.append((file, document))

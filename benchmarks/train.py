@@ -36,8 +36,12 @@ from tqdm.auto import tqdm
 from mibench.models.base import DifferentiableAdapter, WhiteBoxError
 
 from . import __version__
+from .atomic import write_text_atomic
 from .cli import asset_path  # noqa: F401  (registers the mibench_asset resolver)
+from .errors import MibenchError
+from .provenance import public_config, public_model, public_override, shown_path
 from .report import config_hash, git_sha
+from .store import differences
 from .training_data import TrainingStream, check_disjoint
 from .training_objective import LossWeights, batch_loss
 from .training_report import (
@@ -54,9 +58,16 @@ STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "train_config.yaml"
 SUMMARY_FILE = "summary.json"
 LOG_FILE = "train_log.jsonl"
-# What the trained weights depend on (not logging, progress, evaluation or where they go).
+FINGERPRINT_FILE = "fingerprint.json"
+# What the trained weights depend on (not logging, progress, evaluation or where they go):
+# a resumed run must agree on every one of them, and the process count and base weights.
 WEIGHT_KEYS = ("model", "train", "data", "optim", "seed", "task", "perturbation", "lora",
-               "freeze", "precision")
+               "freeze", "precision", "steps", "batch_size", "micro_batch_size", "threads",
+               "gradient_checkpointing")
+
+
+class ResumeConfigError(MibenchError, RuntimeError):
+    """A run directory holds checkpoints of a run whose weights would differ from this one's."""
 
 
 def train_id(*, _root_: DictConfig) -> str:
@@ -203,7 +214,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, keep: int) -> Path:
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (partial / STATE_FILE).write_text(json.dumps({"step": step}) + "\n")
+        write_text_atomic(partial / STATE_FILE, json.dumps({"step": step}) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
@@ -212,15 +223,38 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, keep: int) -> Path:
     return final
 
 
-def _check_same_config(run_dir: Path, weights_config: dict) -> None:
-    path = run_dir / CONFIG_FILE
-    saved = path.read_text() if path.is_file() else None
-    text = OmegaConf.to_yaml(OmegaConf.create(weights_config))
-    if saved is not None and saved != text:
-        raise RuntimeError(f"{run_dir} holds a run of a different training config "
-                           f"({path}); resuming would mix them. Delete the directory or choose "
-                           "another hydra.run.dir")
-    path.write_text(text)
+def check_resume(run_dir: Path, fingerprint: dict, part: str) -> None:
+    """Refuse to continue a run whose `part` of the fingerprint (the config; later the
+    process count and base weights) differs, naming each setting; record it otherwise."""
+    path = run_dir / FINGERPRINT_FILE
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    new = json.loads(json.dumps(fingerprint[part], sort_keys=True, default=str))
+    if part in stored and stored[part] != new:
+        changed = differences(stored[part], new)
+        shown = "\n".join(f"  - {line}" for line in changed[:20])
+        raise ResumeConfigError(
+            f"{run_dir} holds a training run with other settings, and each of these changes "
+            f"the weights, so it cannot be resumed under them:\n{shown}\n"
+            "Choose another run directory (hydra.run.dir=... run_dir=...), or delete this one "
+            "to start over.")
+    write_text_atomic(path, json.dumps({**stored, part: new}, indent=2, sort_keys=True) + "\n")
+
+
+def trim_log(path: Path, last_step: int) -> None:
+    """Keep only log rows up to the checkpoint a run resumes from (rows past it are logged
+    again), and drop a row cut short by a kill."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and (
+                row["step"] <= last_step):
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -239,9 +273,12 @@ def train(cfg: DictConfig) -> dict | None:
     seed, optim = int(cfg.seed), cfg.optim
     weights_config = {k: OmegaConf.to_container(cfg[k], resolve=True)
                       if isinstance(cfg.get(k), DictConfig) else cfg.get(k) for k in WEIGHT_KEYS}
+    procs = accelerator.num_processes
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _check_same_config(run_dir, weights_config)
+        check_resume(run_dir, {"config": weights_config}, "config")
+        write_text_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(
+            public_config(weights_config))))
     accelerator.wait_for_everyone()
 
     # data: train splits only, never an id the evaluation scores
@@ -262,6 +299,9 @@ def train(cfg: DictConfig) -> dict | None:
                             "queried; training needs one whose weights it can reach (a "
                             "DifferentiableAdapter)")
     base_info = {k: v for k, v in adapter.describe().items() if k != "device"}
+    if main:  # the base checkpoint's files and the process count change the weights too
+        check_resume(run_dir, {"run": {"processes": procs, "base_model": base_info}}, "run")
+    accelerator.wait_for_everyone()
     torch.manual_seed(seed)
     model = adapter.model
     frozen = freeze_modules(model, list(cfg.freeze or []))
@@ -290,7 +330,6 @@ def train(cfg: DictConfig) -> dict | None:
             raise ValueError("train.loss.adversarial > 0 but train.adversarial names no attack")
 
     steps, batch, micro = int(cfg.steps), int(cfg.batch_size), int(cfg.micro_batch_size)
-    procs = accelerator.num_processes
     if batch % (micro * procs):
         raise ValueError(f"batch_size={batch} must be a multiple of micro_batch_size={micro} x "
                          f"{procs} process(es)")
@@ -309,6 +348,8 @@ def train(cfg: DictConfig) -> dict | None:
     if main:
         logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
     scalars = ScalarLog(logger, run_dir / LOG_FILE, main)
+    if main and start_step > 0:
+        trim_log(run_dir / LOG_FILE, start_step)
     if main and start_step == 0:
         (run_dir / LOG_FILE).unlink(missing_ok=True)
         print(f"training {n_train / 1e6:.3f} M of "
@@ -377,8 +418,9 @@ def train(cfg: DictConfig) -> dict | None:
     del trainable, optimizer, adapter, model
 
     summary: dict[str, Any] = {
-        "recipe": str(cfg.train.name), "base": base_info, "command": _command(),
-        "name": trained_model_config(cfg, out_dir)["name"], "out_dir": str(out_dir),
+        "recipe": str(cfg.train.name), "base": public_model(base_info),
+        "command": _command(), "name": trained_model_config(cfg, out_dir)["name"],
+        "out_dir": shown_path(out_dir),
         "train_minutes": round(train_seconds / 60, 2), "resumed_from_step": start_step,
         "steps": steps, "trainable_parameters": n_train, "processes": procs,
         "suite_version": __version__, "git_sha": git_sha(), "seed": seed,
@@ -391,8 +433,10 @@ def train(cfg: DictConfig) -> dict | None:
     if main:
         if cfg.checkpoint_every and not cfg.keep_checkpoints_when_done:
             shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        write_model_card(out_dir, summary, OmegaConf.to_yaml(OmegaConf.create(weights_config)))
+        write_text_atomic(run_dir / SUMMARY_FILE,
+                          json.dumps(summary, indent=2, default=str) + "\n")
+        write_model_card(out_dir, summary,
+                         OmegaConf.to_yaml(OmegaConf.create(public_config(weights_config))))
         logger.finish()
     return summary if main else None
 
@@ -403,7 +447,7 @@ def _command() -> str | None:
 
     if not HydraConfig.initialized():
         return None
-    return " ".join(["mibench-train", *HydraConfig.get().overrides.task])
+    return " ".join(["mibench-train", *map(public_override, HydraConfig.get().overrides.task)])
 
 
 def _sharded(accelerator) -> bool:

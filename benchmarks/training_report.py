@@ -14,7 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import write_text_atomic
 from .compare import compare_runs, format_report, load_run
+from .provenance import hub_id, shown_path
 from .runner import CLEAN
 
 CARD_FILE = "README.md"
@@ -122,20 +124,13 @@ def ablation_table(summaries: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _shown_path(path: str) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return path
-
-
 def write_model_card(out_dir: Path, summary: dict, recipe_yaml: str) -> Path:
     """README.md next to the weights: base, recipe, data, seed, suite version, before/after."""
     base = summary["base"]
     evaluation = summary.get("evaluation")
     lines = [
         "---",
-        f"base_model: {_shown_path(str(base.get('path')))}",
+        *([f"base_model: {base['path']}"] if hub_id(base.get("path")) else []),
         "library_name: transformers",
         "tags: [mibench, modality-interference, mitigation]",
         "---",
@@ -151,9 +146,11 @@ def write_model_card(out_dir: Path, summary: dict, recipe_yaml: str) -> Path:
         *([f"Reproduce (same weights on the same CPU and thread count): `{summary['command']}`",
            ""] if summary.get("command") else []),
         "## Base checkpoint",
-        f"- name: `{base.get('name')}`; path: `{_shown_path(str(base.get('path')))}`; "
-        f"revision: `{base.get('revision')}`; commit: `{base.get('commit')}`; "
+        f"- name: `{base.get('name')}`; hub id: `{hub_id(base.get('path')) or 'none (local)'}`;"
+        f" revision: `{base.get('revision')}`; commit: `{base.get('commit')}`; "
         f"dtype: `{base.get('dtype')}`",
+        f"- weights sha256 (weights, config and processor files): "
+        f"`{base.get('weights_sha256')}`",
         "",
         "## Data and seed",
         f"- seed {summary['seed']}; {summary['data']['samples']} clean training samples from "
@@ -181,17 +178,15 @@ def write_model_card(out_dir: Path, summary: dict, recipe_yaml: str) -> Path:
         lines += [
             "Accuracy %, change vs clean in points, paired difference with a 95% bootstrap "
             "interval and the exact McNemar test, Holm-adjusted across all cells (* p < 0.01). "
-            f"Records: `{_shown_path(evaluation['dirs']['base'])}` (base) and "
-            f"`{_shown_path(evaluation['dirs']['trained'])}` (trained).",
+            f"Records: `{shown_path(evaluation['dirs']['base'])}` (base) and "
+            f"`{shown_path(evaluation['dirs']['trained'])}` (trained).",
             "", before_after_table(evaluation), ""]
     else:
         lines += ["Not evaluated in this run (eval_after=false); score it with "
                   f"`mibench model=hf model.path={summary['out_dir']}`.", ""]
     lines += ["## Recipe (resolved training config)", "", "```yaml", recipe_yaml.rstrip(),
               "```", ""]
-    path = out_dir / CARD_FILE
-    path.write_text("\n".join(lines))
-    (out_dir / "training_summary.json").write_text(
-        json.dumps({k: v for k, v in summary.items() if k != "evaluation"}, indent=2,
-                   default=str) + "\n")
+    path = write_text_atomic(out_dir / CARD_FILE, "\n".join(lines))
+    write_text_atomic(out_dir / "training_summary.json", json.dumps(
+        {k: v for k, v in summary.items() if k != "evaluation"}, indent=2, default=str) + "\n")
     return path

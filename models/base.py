@@ -54,6 +54,15 @@ class ModelAdapter(ABC):
         `prepared` is what `prepare(samples)` returned, when the runner computed it ahead.
         """
 
+    def check_samples(self, task: str, samples: Sequence[Sample]) -> None:
+        """Refuse, before anything is scored, a task this model cannot score meaningfully.
+
+        The runner calls it once per task with all of the task's samples; it raises an error
+        naming the model, the task and what is missing (e.g. more options than the tokenizer
+        has single-token letters), or logs a warning. The default accepts every task.
+        """
+        return None
+
     def prepare(self, samples: Sequence[Sample]) -> object:
         """The host-side work for a batch (prompts, tokens, pixels), done ahead of time.
 

@@ -62,8 +62,11 @@ def describe_config(yaml_path: Path) -> dict[str, str]:
         getattr(importlib.import_module(mod), cls)
     except (ImportError, AttributeError, ValueError) as err:
         adapter = f"BROKEN: {target} ({err})"
-    path = OmegaConf.to_container(cfg, resolve=False).get("path")
+    keys = OmegaConf.to_container(cfg, resolve=False)
+    path = keys.get("path")
     path = "(set model.path)" if path in (None, "???") else str(path)
+    if "base_url" in keys:  # a served model (model=openai)
+        path = "(served: set model.base_url, model.model)"
     info = family_of(path)
     needs = []
     if cfg.get("trust_remote_code"):

@@ -27,12 +27,16 @@ from transformers import (
     ProcessorMixin,
 )
 
+from mibench.digests import checkpoint_digest
 from mibench.errors import MibenchError
 from mibench.prompts import chat_messages, format_prompt
 from mibench.records import OPTION_LETTERS, Sample
 
+from . import vocabulary
 from .base import option_distributions
+from .families import family_adapter, model_type_of
 from .hf_white_box import HFWhiteBox
+from .load_errors import load_failure
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +53,16 @@ OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
 # Keys with one value per token: padded to the left when encodings are merged. Everything
 # else a processor returns (pixel values, grids, sizes, Q-Former ids) belongs to the images.
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+# Keys with a per-token axis (dim 1) besides the token keys: they move with the tokens when a
+# row's padding is moved (Mllama's cross-attention mask, per token, image and tile).
+PER_TOKEN_KEYS = ("cross_attention_mask",)
 
 
 RENDER_CACHE_SIZE = 100_000  # rendered prompts kept per adapter
+# Shares of a task's words that the tokenizer maps to its unknown token above which the run
+# warns, and refuses (a config's unknown_words_warn / unknown_words_refuse override them).
+UNKNOWN_WORDS_WARN = 0.01
+UNKNOWN_WORDS_REFUSE = 0.25
 
 # The keys holding raw pixels: a batch without them has no images to encode, and a forward
 # given the image encoder's output must not get them too.
@@ -90,6 +101,10 @@ class AnswerTokenError(MibenchError, RuntimeError):
 
 class CheckpointError(MibenchError, RuntimeError):
     """A checkpoint that cannot be loaded or prompted; the message names it and the fix."""
+
+
+class VocabularyError(MibenchError, ValueError):
+    """The tokenizer maps too much of a task's text to its unknown token to score it."""
 
 
 def image_only_processor_class(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
@@ -171,9 +186,11 @@ def _left_align(encoding: BatchFeature) -> BatchFeature:
     order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
     if torch.equal(order, torch.arange(mask.shape[1]).expand_as(order)):
         return encoding
-    for key in TOKEN_KEYS:
+    for key in TOKEN_KEYS + PER_TOKEN_KEYS:
         if key in encoding:
-            encoding[key] = torch.gather(encoding[key], 1, order.to(encoding[key].device))
+            value = encoding[key]
+            index = order.to(value.device).reshape(*order.shape, *[1] * (value.ndim - 2))
+            encoding[key] = torch.gather(value, 1, index.expand_as(value))
     return encoding
 
 
@@ -226,7 +243,14 @@ class HFModelAdapter(HFWhiteBox):
     reuses_image_features = True
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, name: str,
-                 provenance: dict | None = None, *, prompt_format: str | None = None) -> None:
+                 provenance: dict | None = None, *, prompt_format: str | None = None,
+                 unknown_words_warn: float = UNKNOWN_WORDS_WARN,
+                 unknown_words_refuse: float = UNKNOWN_WORDS_REFUSE) -> None:
+        if not 0 <= unknown_words_warn <= unknown_words_refuse <= 1:
+            raise ValueError("need 0 <= model.unknown_words_warn <= model.unknown_words_refuse "
+                             f"<= 1, got {unknown_words_warn} and {unknown_words_refuse}")
+        self.unknown_words_warn, self.unknown_words_refuse = (unknown_words_warn,
+                                                              unknown_words_refuse)
         self.model, self.processor, self.name = model.eval(), processor, name
         self.provenance = dict(provenance or {})
         self.device = model.device
@@ -257,7 +281,9 @@ class HFModelAdapter(HFWhiteBox):
         # conditions that share a batch's images one after the other, so one is enough.
         self._image_features: tuple[str, object] | None = None
         self.image_feature_reuses = 0  # forward passes that reused a batch's image features
-        self.letter_ids = self._resolve_letter_ids()
+        # The letters A, B, ... as single tokens, as far as the tokenizer offers them; why the
+        # next one is not (a task that needs it is refused by `check_samples`).
+        self.letter_ids, self._letters_end = self._resolve_letter_ids()
 
     @classmethod
     def from_pretrained(
@@ -271,11 +297,15 @@ class HFModelAdapter(HFWhiteBox):
         trust_remote_code: bool = False,
         device_map: str | dict | None = None,
         prompt_format: str | None = None,
+        unknown_words_warn: float = UNKNOWN_WORDS_WARN,
+        unknown_words_refuse: float = UNKNOWN_WORDS_REFUSE,
     ) -> HFModelAdapter:
         """Load by hub id or local directory; `revision` pins a hub commit, tag or branch.
 
         `device_map` (e.g. "auto") spreads a model too big for one GPU over the devices
-        (Accelerate); without it the whole model goes to `device`.
+        (Accelerate); without it the whole model goes to `device`. Called on the generic
+        class, a checkpoint of a family with its own adapter (`families.FAMILY_ADAPTERS`)
+        is loaded by that adapter. `unknown_words_*`: see `check_samples`.
         """
         dtype = DTYPE_ALIASES.get(dtype, dtype)
         if dtype not in DTYPES:
@@ -285,6 +315,18 @@ class HFModelAdapter(HFWhiteBox):
         if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().is_dir():
             raise CheckpointError(f"model path {path!r} is not a directory; give a local "
                                   "checkpoint directory or a hub id such as 'owner/name'")
+        if cls is HFModelAdapter:
+            model_type = model_type_of(path, revision)
+            family = family_adapter(model_type)
+            if family is not None:
+                log.info("model %s: %s checkpoint, loaded by %s", path, model_type,
+                         family.__name__)
+                return family.from_pretrained(
+                    path, name=name, revision=revision, dtype=dtype, device=device,
+                    attn_implementation=attn_implementation,
+                    trust_remote_code=trust_remote_code, device_map=device_map,
+                    prompt_format=prompt_format, unknown_words_warn=unknown_words_warn,
+                    unknown_words_refuse=unknown_words_refuse)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         load = {"revision": revision, "trust_remote_code": trust_remote_code}
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -294,21 +336,20 @@ class HFModelAdapter(HFWhiteBox):
             processor = cls.load_processor(path, **load)
             model = cls.model_class.from_pretrained(path, dtype=DTYPES[dtype], **load, **extra)
         except (OSError, ValueError, KeyError, ImportError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise CheckpointError(
-                f"model {path!r} (revision {revision!r}) cannot be loaded by "
-                f"{cls.__name__} ({cls.model_class.__name__}): {reason[:400]}\n"
-                "`mibench models` lists the supported families; a checkpoint whose code lives "
-                "on the hub needs model.trust_remote_code=true") from err
+            raise CheckpointError(load_failure(err, path, revision, cls)) from err
         if device_map is None:
             model = model.to(device)
         provenance = {"path": path, "revision": revision, "dtype": dtype,
                       "commit": getattr(model.config, "_commit_hash", None),
                       "trust_remote_code": trust_remote_code,
                       "attn_implementation": attn_implementation,
-                      "device_map": device_map}
+                      "device_map": device_map,
+                      # the exact files loaded: swapped weights under one path are another run
+                      "weights_sha256": checkpoint_digest(
+                          path, getattr(model.config, "_commit_hash", None) or revision)}
         return cls(model, processor, name or path.rstrip("/").split("/")[-1], provenance,
-                   prompt_format=prompt_format)
+                   prompt_format=prompt_format, unknown_words_warn=unknown_words_warn,
+                   unknown_words_refuse=unknown_words_refuse)
 
     @classmethod
     def load_processor(cls, path: str, **load) -> ProcessorMixin:
@@ -343,10 +384,11 @@ class HFModelAdapter(HFWhiteBox):
     def drop_reused_inputs(self) -> None:
         self._image_features = None
 
-    def apply_chat_template(self, messages: list[dict]) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True
+                            ) -> str:
         return self.processor.apply_chat_template(
-            messages, chat_template=self.chat_template, add_generation_prompt=True,
-            tokenize=False)
+            messages, chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt, tokenize=False)
 
     def processor_text(self, sample: Sample) -> str:
         """What the processor is given for a sample with an image (it expands the image)."""
@@ -380,35 +422,97 @@ class HFModelAdapter(HFWhiteBox):
                 lengths[i] = len(row)
         return lengths
 
-    def _resolve_letter_ids(self) -> tuple[int, ...]:
-        """Token id of each letter as the model would emit it right after the prompt.
+    def _resolve_letter_ids(self) -> tuple[tuple[int, ...], str]:
+        """Token ids of A, B, C, ... as the model would emit each right after the prompt, as
+        far as the tokenizer offers them; and why the next letter is not offered.
 
-        After a space or newline the letter comes bare ("A"), after anything else with a
-        leading space (" A"); a form that merges with the prompt or splits into several
-        tokens cannot be scored by one forward pass, so it is refused here, not guessed.
+        A letter that merges with the prompt, splits into several tokens, is the unknown
+        token or shares an id cannot be scored by one forward pass: it ends the list (a task
+        needing it is refused by `check_samples`, a task needing fewer is scored). Fewer
+        than two letters cannot score any question, so that is refused here.
         """
         probe = Sample(id="letter-probe", question="Which letter?", options=("x", "y"),
                        answer=0, category="text_heavy")
         prompt = self.render(probe)
         base = self._token_ids(prompt)
-        prefix = "" if prompt[-1:].isspace() else " "
-        ids = []
+        prefix = self._letter_prefix(probe, prompt)
+        unknown = self.tokenizer.unk_token_id
+        ids: list[int] = []
+        end = f"the alphabet ends at {OPTION_LETTERS[-1]!r}"
         for letter in OPTION_LETTERS:
             full = self._token_ids(prompt + prefix + letter)
             if full[: len(base)] != base or len(full) != len(base) + 1:
                 extra = self.tokenizer.convert_ids_to_tokens(full[len(base) - 1:])
-                raise AnswerTokenError(
-                    f"model {self.name!r}: option letter {prefix + letter!r} after the "
-                    f"generation prompt is not one token of its own (tokens {extra}); "
-                    "this checkpoint needs an adapter that scores multi-token answers"
-                )
-            ids.append(full[-1])
-        if len(set(ids)) != len(ids):
-            raise AnswerTokenError(f"model {self.name!r}: option letters share token ids {ids}")
-        return tuple(ids)
+                end = (f"option letter {prefix + letter!r} after the generation prompt is not "
+                       f"one token of its own (tokens {extra})")
+            elif full[-1] == unknown:
+                end = f"option letter {prefix + letter!r} is the unknown token"
+            elif full[-1] in ids:
+                end = (f"option letter {prefix + letter!r} shares token id {full[-1]} with "
+                       f"{prefix + OPTION_LETTERS[ids.index(full[-1])]!r}")
+            else:
+                ids.append(full[-1])
+                continue
+            break
+        if len(ids) < 2:
+            raise AnswerTokenError(f"model {self.name!r}: {end}; scoring needs at least the "
+                                   "letters A and B as single tokens after the prompt")
+        return tuple(ids), end
+
+    def _letter_prefix(self, probe: Sample, prompt: str) -> str:
+        """" " or "": whether the answer letter follows the generation prompt after a space.
+
+        After whitespace it comes bare. Otherwise the chat template says how it writes an
+        assistant's answer after the generation prompt: "ASSISTANT: A" (" A") or
+        "<|CHATBOT_TOKEN|>A" ("A"); a template that cannot say gets " A".
+        """
+        if prompt[-1:].isspace():
+            return ""
+        if self.chat_template is not None:
+            answered = chat_messages(probe) + [
+                {"role": "assistant", "content": [{"type": "text", "text": "A"}]}]
+            try:
+                text = self.apply_chat_template(answered, add_generation_prompt=False)
+            except Exception as err:  # any template failure means "cannot say"
+                log.debug("model %r: chat template cannot render an answer: %s", self.name, err)
+            else:
+                if text.startswith(prompt + "A"):
+                    return ""
+        return " "
+
+    def check_samples(self, task: str, samples: Sequence[Sample]) -> None:
+        """Refuse a task the checkpoint cannot score: more options than it has single-token
+        letters, or prompts whose words its tokenizer mostly maps to the unknown token
+        (warned above `unknown_words_warn`, refused above `unknown_words_refuse`)."""
+        needed = max((len(s.options) for s in samples), default=0)
+        if needed > len(self.letter_ids):
+            offered = len(self.letter_ids)
+            raise AnswerTokenError(
+                f"model {self.name!r} cannot score task {task!r}: its questions have up to "
+                f"{needed} options, but the tokenizer offers only {offered} option letters "
+                f"(A-{OPTION_LETTERS[offered - 1]}) as single tokens: {self._letters_end}")
+        with self._tokenizer_lock:
+            found = vocabulary.coverage(self.tokenizer, vocabulary.probe_samples(samples))
+        if found is None or found.share <= self.unknown_words_warn:
+            return
+        what = (f"model {self.name!r} maps {found.share:.0%} of the words of task {task!r} "
+                f"({found.unknown} of {found.words} in {found.prompts} prompts) to "
+                f"its unknown token {self.tokenizer.unk_token!r}, e.g. "
+                f"{', '.join(repr(w) for w in found.examples)}")
+        if found.share > self.unknown_words_refuse:
+            raise VocabularyError(
+                f"{what}: its scores would not mean much; use a checkpoint whose tokenizer "
+                "covers the task's language, or raise model.unknown_words_refuse to score it "
+                "anyway")
+        log.warning("%s; scores on it are doubtful (model.unknown_words_warn=%s)", what,
+                    self.unknown_words_warn)
 
     def option_token_ids(self, count: int) -> tuple[int, ...]:
         """The one place the letters' token ids are read (scoring, attacks, training)."""
+        if count > len(self.letter_ids):
+            raise AnswerTokenError(
+                f"model {self.name!r}: {count} option letters needed, but the tokenizer offers "
+                f"only {len(self.letter_ids)} as single tokens: {self._letters_end}")
         return self.letter_ids[:count]
 
     # -- scoring -------------------------------------------------------------------------
@@ -522,6 +626,12 @@ class HFModelAdapter(HFWhiteBox):
         speed; `oom_backoffs` counts the splits. `prepared`: this batch's `prepare` output.
         """
         samples = list(samples)
+        for sample in samples:
+            if len(sample.options) > len(self.letter_ids):
+                raise AnswerTokenError(
+                    f"model {self.name!r}: sample {sample.id!r} has {len(sample.options)} "
+                    f"options, the tokenizer offers {len(self.letter_ids)} option letters as "
+                    f"single tokens: {self._letters_end}")
         try:
             return self._probs(samples, prepared)
         except OOM_ERRORS as err:

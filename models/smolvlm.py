@@ -13,7 +13,8 @@ from .hf import HFModelAdapter
 class SmolVLMAdapter(HFModelAdapter):
     """SmolVLM: the chat template rendered by the tokenizer, not the processor."""
 
-    def apply_chat_template(self, messages: list[dict]) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True
+                            ) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, add_generation_prompt=True,
-            tokenize=False)
+            messages, chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt, tokenize=False)

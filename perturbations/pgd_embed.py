@@ -75,8 +75,8 @@ class EmbeddingPGD(MLLMAttack):
             **self.search_description(),
         }
 
-    def run(self, model: DifferentiableAdapter, samples: Sequence[Sample],
-            seeds: Sequence[int]) -> AttackOutcome:
+    def search(self, model: DifferentiableAdapter, samples: Sequence[Sample],
+               seeds: Sequence[int]) -> AttackOutcome:
         samples = self.prepare(model, samples, seeds)
         if self.mask == "image":
             needs_image(self, samples)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mibench.errors import MibenchError
-from mibench.models.base import DifferentiableAdapter, option_log_probs
+from mibench.models.base import DifferentiableAdapter, WhiteBoxError, option_log_probs
 from mibench.records import Sample
 
 from .base import Attack, Perturbation
@@ -119,6 +119,16 @@ class MLLMAttack(Attack):
 
     def run(self, model: DifferentiableAdapter, samples: Sequence[Sample], seeds: Sequence[int]
             ) -> AttackOutcome:
+        """The attack on a batch; what the model cannot do for it is refused by name."""
+        try:
+            return self.search(model, samples, seeds)
+        except WhiteBoxError as err:
+            raise AttackError(f"attack {self.name!r} cannot run on model "
+                              f"{getattr(model, 'name', '?')!r}: {err}") from err
+
+    def search(self, model: DifferentiableAdapter, samples: Sequence[Sample],
+               seeds: Sequence[int]) -> AttackOutcome:
+        """Each attack's own search (its space, positions and objective)."""
         raise NotImplementedError
 
     # -- shared steps ----------------------------------------------------------------------

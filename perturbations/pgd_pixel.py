@@ -46,8 +46,8 @@ class PixelPGD(MLLMAttack):
             **self.search_description(),
         }
 
-    def run(self, model: DifferentiableAdapter, samples: Sequence[Sample],
-            seeds: Sequence[int]) -> AttackOutcome:
+    def search(self, model: DifferentiableAdapter, samples: Sequence[Sample],
+               seeds: Sequence[int]) -> AttackOutcome:
         samples = self.prepare(model, samples, seeds)
         needs_image(self, samples)
         inputs = model.encode(samples)

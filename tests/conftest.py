@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,20 +14,28 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The suite's own cache (digests), never the user's: set before mibench is imported.
+os.environ["MIBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="mibench-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MIBENCH_CACHE_DIR"], ignore_errors=True)
 
 from families_builders import FAMILIES, Family, load, missing_requirement  # noqa: E402
 
+from mibench.cli import asset_path  # noqa: E402
 from mibench.models import toy_builder  # noqa: E402
 from mibench.models.hf import HFModelAdapter  # noqa: E402
+from mibench.models.local_server import LocalServer, ServerStartError, served  # noqa: E402
 from mibench.prompts import ANSWER_INSTRUCTION  # noqa: E402
 from mibench.records import OPTION_LETTERS, Sample  # noqa: E402
 from mibench.tasks.base import Task  # noqa: E402
+from mibench.tasks.shapes import shapes_vocabulary  # noqa: E402
 
-WORDS = toy_builder.words_of(
+# The tests' own words, and the toy tasks' (runs of the tiny checkpoint on them are checked
+# for unknown words like any other run).
+WORDS = sorted(set(toy_builder.words_of(
     ["USER: ASSISTANT:", ANSWER_INSTRUCTION, " ".join(OPTION_LETTERS),
      "what shape is in the image ? what colour is it ? which letter ? x y",
      "square circle triangle red green blue anna has a box ."]
-)
+)) | set(shapes_vocabulary()))
 
 
 class ListTask(Task):
@@ -88,3 +99,15 @@ def family(request, tmp_path_factory) -> tuple[Family, HFModelAdapter]:
     if reason:
         pytest.skip(reason)
     return load(request.param, tmp_path_factory.mktemp(f"family-{request.param}"))
+
+
+@pytest.fixture(scope="session")
+def toy_server(tmp_path_factory) -> LocalServer:
+    """`transformers serve` with the embedded toy checkpoint on 127.0.0.1, for the session;
+    skipped (with the server's log) only if it cannot start here."""
+    log = tmp_path_factory.mktemp("toy-server") / "server.log"
+    try:
+        with served(asset_path("toy_llava"), log) as server:
+            yield server
+    except (ServerStartError, ImportError) as exc:
+        pytest.skip(f"transformers serve could not start: {exc}")

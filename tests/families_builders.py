@@ -45,6 +45,8 @@ class Family:
     path: str = ""
     load_kwargs: dict = field(default_factory=dict)
     sizes: tuple[tuple[int, int], ...] = ((16, 16), (16, 16), (16, 16))  # image (w, h) cycle
+    # PGD attacks (class names) that refuse this family by name, as not supported yet
+    refused_attacks: frozenset[str] = frozenset()
 
 
 def train_tokenizer(style: str, special: list[str], *, bos: str | None, eos: str, pad: str,
@@ -378,7 +380,15 @@ def build_smolvlm(path: Path) -> None:
 
 
 # -- PaliGemma: no chat template, the processor writes <image>*n + BOS + prompt + "\n" -------
-def build_paligemma(path: Path) -> None:
+# Recent PaliGemma checkpoints carry a chat template that writes the image placeholder and the
+# text, nothing else (the processor adds BOS and "\n").
+PALIGEMMA_TEMPLATE = (
+    "{% for message in messages %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<image>{% elif content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{% endfor %}")
+
+
+def build_paligemma(path: Path, chat_template: str | None = None) -> None:
     from transformers import (
         GemmaConfig,
         PaliGemmaConfig,
@@ -391,7 +401,8 @@ def build_paligemma(path: Path) -> None:
                           add_bos=True, extra_special_tokens={"image_token": "<image>"})
     image_processor = SiglipImageProcessorPil(size={"height": 16, "width": 16})
     image_processor.image_seq_length = 16
-    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok,
+                                   chat_template=chat_template)
     tok = processor.tokenizer  # the processor added its <loc>/<seg> tokens
     config = PaliGemmaConfig(
         vision_config=_siglip(projection_dim=32), projection_dim=32,
@@ -441,6 +452,92 @@ def build_gemma3(path: Path) -> None:
     _save(model, processor, path)
 
 
+# -- Mllama (Llama 3.2 Vision): tiles, cross-attention layers, template ends "\n\n" ----------
+MLLAMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<|image|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] | trim }}{% endif %}{% endfor %}"
+    "<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+MLLAMA_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                  "<|end_header_id|>", "<|eot_id|>", "<|image|>", "<|finetune_right_pad_id|>",
+                  "<|python_tag|>"]
+
+
+def build_mllama(path: Path) -> None:
+    from transformers import (
+        MllamaConfig,
+        MllamaForConditionalGeneration,
+        MllamaImageProcessorPil,
+        MllamaProcessor,
+    )
+
+    tok = train_tokenizer("byte", MLLAMA_SPECIAL, bos="<|begin_of_text|>", eos="<|eot_id|>",
+                          pad="<|finetune_right_pad_id|>", add_bos=True,
+                          extra_special_tokens={"image_token": "<|image|>"})
+    processor = MllamaProcessor(
+        image_processor=MllamaImageProcessorPil(size={"height": 16, "width": 16},
+                                                max_image_tiles=2),
+        tokenizer=tok, chat_template=MLLAMA_TEMPLATE)
+    text = _text_config(dict, tok, num_hidden_layers=3, cross_attention_layers=[1])
+    config = MllamaConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_global_layers=1,
+                           attention_heads=4, intermediate_size=48, image_size=16, patch_size=4,
+                           max_num_tiles=2, intermediate_layers_indices=[0],
+                           vision_output_dim=64, supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]]),
+        text_config=text, image_token_index=tok.convert_tokens_to_ids("<|image|>"))
+    torch.manual_seed(0)
+    model = MllamaForConditionalGeneration(config)
+    # Fresh Mllama gates its cross-attention (and the vision tiles' position embeddings) at
+    # 0, so the image would have no effect; open them as a trained model has them.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate", ".gate")):
+                param.fill_(1.0)
+    _save(model, processor, path)
+
+
+# -- Aya Vision: SigLIP tiles + pixel shuffle, Cohere 2 text, template writes BOS ------------
+AYA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|START_OF_TURN_TOKEN|>"
+    "{% if message['role'] == 'user' %}<|USER_TOKEN|>{% elif message['role'] == 'assistant' %}"
+    "<|CHATBOT_TOKEN|>{% else %}<|SYSTEM_TOKEN|>{% endif %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "<|END_OF_TURN_TOKEN|>{% endfor %}"
+    "{% if add_generation_prompt %}<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>{% endif %}")
+AYA_SPECIAL = ["<BOS_TOKEN>", "<EOS_TOKEN>", "<PAD>", "<|START_OF_TURN_TOKEN|>",
+               "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|SYSTEM_TOKEN|>",
+               "<image>", "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>",
+               "<|IMG_LINE_BREAK|>", "TILE_GLOBAL", *[f"TILE_{i}" for i in range(1, 7)]]
+
+
+def build_aya_vision(path: Path) -> None:
+    from transformers import (
+        AyaVisionConfig,
+        AyaVisionForConditionalGeneration,
+        AyaVisionProcessor,
+        Cohere2Config,
+        GotOcr2ImageProcessorPil,
+    )
+
+    tok = train_tokenizer("byte", AYA_SPECIAL, bos="<BOS_TOKEN>", eos="<|END_OF_TURN_TOKEN|>",
+                          pad="<PAD>", add_bos=True)
+    processor = AyaVisionProcessor(
+        image_processor=GotOcr2ImageProcessorPil(size={"height": 16, "width": 16},
+                                                 crop_to_patches=True, min_patches=1,
+                                                 max_patches=4),
+        tokenizer=tok, patch_size=4, img_size=16, downsample_factor=2,
+        chat_template=AYA_TEMPLATE)
+    text = _text_config(Cohere2Config, tok, head_dim=8, sliding_window=8,
+                        layer_types=["sliding_attention", "full_attention"])
+    config = AyaVisionConfig(
+        vision_config=_siglip().to_dict(), text_config=text.to_dict(), downsample_factor=2,
+        image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"))
+    _save(AyaVisionForConditionalGeneration(config), processor, path)
+
+
 HF = "mibench.models.hf:HFModelAdapter"
 FAMILIES: dict[str, tuple[Callable[[Path], None], Family]] = {
     "llava": (build_llava, Family("llava", HF, " A")),
@@ -460,7 +557,18 @@ FAMILIES: dict[str, tuple[Callable[[Path], None], Family]] = {
                                       sizes=((16, 16), (32, 16), (32, 32)))),
     "paligemma": (build_paligemma,
                   Family("paligemma", "mibench.models.paligemma:PaliGemmaAdapter", "A")),
+    # the same weights as "paligemma", with a chat template, loaded as `model=hf` loads it
+    "paligemma_chat": (lambda path: build_paligemma(path, PALIGEMMA_TEMPLATE),
+                       Family("paligemma_chat", HF, "A")),
     "gemma3": (build_gemma3, Family("gemma3", HF, "A")),
+    # its language model embeds the tokens itself (no embeddings for EmbeddingPGD to perturb)
+    # and its pixels come per image and tile (a layout PixelPGD does not know yet)
+    "mllama": (build_mllama, Family("mllama", "mibench.models.mllama:MllamaAdapter", "A",
+                                    refused_attacks=frozenset({"EmbeddingPGD", "PixelPGD"}))),
+    # tiles of one image come as separate images: PixelPGD's layout does not know them yet
+    "aya_vision": (build_aya_vision, Family("aya_vision", HF, "A",
+                                            sizes=((16, 16), (32, 16), (16, 32)),
+                                            refused_attacks=frozenset({"PixelPGD"}))),
 }
 
 

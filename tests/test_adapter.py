@@ -50,5 +50,5 @@ def test_checkpoint_without_letter_tokens_is_refused(tmp_path):
     words = [w for w in toy_builder.words_of(["USER: ASSISTANT: which letter ? x y"])]
     processor = toy_builder.build_processor(words)  # no "A", "B", ...: letters become <unk>
     model = toy_builder.build_model(processor)
-    with pytest.raises(AnswerTokenError, match="share token ids"):
+    with pytest.raises(AnswerTokenError, match="' A' is the unknown token"):
         HFModelAdapter(model, processor, name="no-letters")

@@ -288,7 +288,9 @@ def test_cai2025_grid_runs_end_to_end_and_renders(tiny_checkpoint, data_root, tm
         cfg = compose("config", overrides=[
             "benchmark=cai2025", "model=hf", f"model.path={tiny_checkpoint}", "model.name=tiny",
             "model.dtype=float32", "model.device=cpu", f"data_root={data_root}",
-            f"out_dir={out}", "progress=false", "batch_size=4"])
+            f"out_dir={out}", "progress=false", "batch_size=4",
+            # the tiny checkpoint knows the toy's words, not the fixtures': warn, do not refuse
+            "model.unknown_words_refuse=1"])
     document = run(cfg)
     results = document["results"]
     assert list(results) == STUDY_TASKS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import shutil
 import subprocess
@@ -10,10 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_submission import benchmark_run, other_checkpoint
 
 from mibench import scoring
-from mibench.leaderboard import build, entry_for, leaderboard_main, load_board, markdown, rank
+from mibench.leaderboard import (
+    build,
+    entry_for,
+    leaderboard_main,
+    load_board,
+    markdown,
+    md,
+    rank,
+)
 from mibench.records import Record
 from mibench.submission import (
     RECORDS_GZ,
@@ -186,3 +197,103 @@ def test_committed_submissions_validate_and_the_board_is_current():
     board = load_board(REPO / "results")
     assert (REPO / "results" / "LEADERBOARD.md").read_text() == markdown(board), (
         "results/LEADERBOARD.md is stale: run `mibench leaderboard`")
+
+
+# -- text a submitter controls -------------------------------------------------------------
+def _copy_board(results: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "results"
+    shutil.copytree(results / "submissions", copy / "submissions")
+    return copy
+
+
+def _edit(path: Path, change) -> None:
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def _structure(markdown_text: str) -> list[str]:
+    """Every block and inline token type of a Markdown text (its shape, not its words)."""
+    from markdown_it import MarkdownIt
+
+    parser = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+    out = []
+    for token in parser.parse(markdown_text):
+        out.append(token.type)
+        out += [child.type for child in token.children or []]
+    return out
+
+
+INJECTION = ("x |\n| 1 | fake-model | 0 |\n# Owned [click](http://evil.example) `code` "
+             "<script>alert(1)</script> ![i](x) **b** _i_ ~~s~~ > q\n- item")
+
+
+def test_submitted_text_cannot_inject_markdown_or_html(results, tmp_path):
+    """A revision string that would add a ranking row, a heading, a link and HTML leaves the
+    board's Markdown structure exactly as it was; only the text differs."""
+    pytest.importorskip("markdown_it")
+    board_dir = _copy_board(results, tmp_path)
+    clean = build(board_dir)[0].read_text()
+    for revision in (INJECTION[i:i + 12] for i in range(0, len(INJECTION), 6)):
+        _edit(board_dir / "submissions" / "tiny-a" / "submission.json",
+              lambda doc, r=revision: doc["model"].update(revision=r, commit=None))
+        md_path, page_path, _ = build(board_dir)
+        assert _structure(md_path.read_text()) == _structure(clean), revision
+        assert "<script>" not in page_path.read_text().split("<script>", 1)[0]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("markdown_it") is None,
+                    reason="needs markdown-it-py")
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab |\\`*_[]()<>#-+=!~.:/\n1&;hw")), max_size=40))
+def test_escaped_text_is_one_table_cell_of_plain_text(text):
+    """Whatever a submitter writes renders as exactly its own words in one table cell."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(
+        f"| head |\n|---|\n| {md(text)} |\n")
+    cells = [t for t in tokens if t.type == "inline"][1:]
+    children = [c for t in cells for c in t.children or []]
+    assert [t.type for t in tokens].count("tr_open") == 2 and len(cells) == 1
+    assert {c.type for c in children} <= {"text"}
+    assert "".join(c.content for c in children) == " ".join(text.split())
+
+
+def test_names_outside_the_registry_are_refused(results, tmp_path, capsys):
+    board_dir = _copy_board(results, tmp_path)
+    _edit(board_dir / "submissions" / "tiny-b" / "submission.json",
+          lambda doc: doc["threat_models"].update(
+              {"evil\n| 1 |": doc["threat_models"]["black_image"]}))
+    assert leaderboard_main(["--results", str(board_dir)]) == 1
+    assert "condition 'evil\\n| 1 |' is not a condition of this suite" in capsys.readouterr().err
+
+
+def test_the_title_comes_from_the_benchmark_not_the_submitter(results, tmp_path):
+    board_dir = _copy_board(results, tmp_path)
+    for name in ("tiny-a", "tiny-b"):  # a registered name, but not the one measured
+        _edit(board_dir / "submissions" / name / "submission.json",
+              lambda doc: doc["benchmark"].update(name="cai2025"))
+    text = build(board_dir)[0].read_text()
+    assert "## Benchmark `toy`" in text and "cai2025" not in text
+
+
+def test_the_same_weights_are_ranked_once(results, tmp_path):
+    board_dir = _copy_board(results, tmp_path)
+    twin = board_dir / "submissions" / "tiny-a-again"
+    shutil.copytree(board_dir / "submissions" / "tiny-a", twin)
+    _edit(twin / "submission.json", lambda doc: doc.update(name="tiny-a-again"))
+    (entries,) = load_board(board_dir).values()
+    by_name = {e.name: e for e in entries}
+    first, second = sorted(("tiny-a", "tiny-a-again"),
+                           key=lambda n: by_name[n].duplicate_of is not None)
+    assert by_name[second].rank is None and by_name[second].duplicate_of == first
+    assert "the same weights (sha256" in by_name[second].unranked_reason
+    ranks = [e.rank for e in entries if e.rank]
+    assert ranks == list(range(1, len(ranks) + 1))
+
+
+def test_html_headers_wrap_between_words_only(results):
+    _, page_path, _ = build(results)
+    page = page_path.read_text()
+    assert "overflow-wrap: anywhere" not in page and "word-break: break-all" not in page
+    assert "<th>toy_<wbr>image_<wbr>heavy/<wbr>unrelated_<wbr>text flip %</th>" in page

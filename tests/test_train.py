@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from scipy.spatial.distance import jensenshannon
 
 from mibench.models import toy_builder
@@ -205,7 +206,15 @@ def test_run_saves_a_checkpoint_the_suite_scores_by_path(shapes_checkpoint, tmp_
     card = (out / "README.md").read_text()
     assert "## Before / after (scored by the suite)" in card
     assert "| toy_image_heavy | misleading_text |" in card and "same families" in card
-    assert "consistency: 0.1" in card and f"base_model: {shapes_checkpoint}" in card
+    assert "consistency: 0.1" in card
+    # no local path leaves the machine: the base is named by its weights digest instead
+    digest = HFModelAdapter.from_pretrained(shapes_checkpoint, device="cpu").provenance[
+        "weights_sha256"]
+    assert f"weights sha256 (weights, config and processor files): `{digest}`" in card
+    training_summary = (out / "training_summary.json").read_text()
+    for text in (card, training_summary, (tmp_path / "train_config.yaml").read_text()):
+        assert shapes_checkpoint not in text and str(tmp_path) not in text
+    assert json.loads(training_summary)["base"]["path"] is None
     evaluation = summary["evaluation"]
     assert set(evaluation["trained"]) == {"toy_image_heavy", "toy_text_heavy", "toy_vqa"}
     assert (tmp_path / "eval" / "compare.md").is_file()
@@ -263,19 +272,57 @@ def test_killed_run_resumes_to_the_same_weights(shapes_checkpoint, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model" / "model.safetensors").exists(), "killed too late"
+    logged = [json.loads(line)["step"]
+              for line in (killed / "train_log.jsonl").read_text().splitlines()]
     resumed = subprocess.run(_train_command(shapes_checkpoint, killed), check=True, env=env,
                              capture_output=True, text=True, timeout=300)
     assert "resuming from" in resumed.stdout
+    steps = [json.loads(line)["step"]
+             for line in (killed / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13)), (logged, steps)  # no step logged twice
     a = load_file(str(whole / "model" / "model.safetensors"))
     b = load_file(str(killed / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_refuses_a_different_config(shapes_checkpoint, tmp_path):
-    (tmp_path / "train_config.yaml").write_text("seed: 99\n")
-    with pytest.raises(RuntimeError, match="different training config"):
-        train(compose_train(small_overrides(shapes_checkpoint, tmp_path)))
+@pytest.mark.parametrize("change, named", [
+    ("batch_size=16", "batch_size: 8 -> 16"),
+    ("steps=5", "steps: 4 -> 5"),
+    ("micro_batch_size=4", "micro_batch_size: 8 -> 4"),
+    ("threads=2", "threads: 1 -> 2"),
+    ("data.tasks.toy_vqa.n=9", "data.tasks.toy_vqa.n: 8 -> 9"),
+    ("data.condition_weights.switched_image=1",
+     "data.condition_weights.switched_image: 4 -> 1"),
+])
+def test_resume_refuses_any_setting_that_changes_the_weights(shapes_checkpoint, tmp_path,
+                                                              change, named):
+    """A run directory begun under one setting is never continued under another (here the
+    first run's fingerprint is recorded by a real run of 0 steps: nothing to train)."""
+    from mibench.train import ResumeConfigError
+
+    train(compose_train(small_overrides(shapes_checkpoint, tmp_path, "steps=0")))
+    fingerprint = json.loads((tmp_path / "fingerprint.json").read_text())
+    fingerprint["config"]["steps"] = 4  # as if the first run had been asked for 4 steps
+    (tmp_path / "fingerprint.json").write_text(json.dumps(fingerprint))
+    train(compose_train(small_overrides(shapes_checkpoint, tmp_path, "steps=4")))  # same: ok
+    with pytest.raises(ResumeConfigError, match="cannot be resumed") as err:
+        train(compose_train(small_overrides(shapes_checkpoint, tmp_path, change)))
+    assert f"- {named}\n" in str(err.value)
+
+
+def test_resume_refuses_changed_base_weights(shapes_checkpoint, tmp_path):
+    from mibench.train import ResumeConfigError
+
+    base = tmp_path / "base"
+    shutil.copytree(shapes_checkpoint, base)
+    run_dir = tmp_path / "run"
+    train(compose_train(small_overrides(str(base), run_dir, "steps=0")))
+    weights = load_file(str(base / "model.safetensors"))
+    save_file({k: v + 1e-3 for k, v in weights.items()}, str(base / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(ResumeConfigError, match="base_model.weights_sha256"):
+        train(compose_train(small_overrides(str(base), run_dir, "steps=0")))
 
 
 def test_divergence_gradients_are_finite_with_mixed_option_counts():
