@@ -363,10 +363,11 @@ def _unique(failures: Sequence[Failure]) -> list[Failure]:
 
 
 def _attack_scorer(attack: Attack, model: ModelAdapter, seed: int, task: str) -> Scorer:
-    """Scores a batch under attack, each sample seeded by its own id."""
+    """Scores a batch under attack, each sample seeded by its own id; probabilities and lures
+    come from one application of the attack's base perturbation."""
     def score(chunk: Sequence[Sample], prepared: object) -> Scores:
         seeds = [stable_seed(seed, task, attack.name, s.id) for s in chunk]
-        return attack.attack(model, chunk, seeds), attack.lures(chunk, seeds)
+        return attack.score(model, chunk, seeds)
     return Scorer(score=score)
 
 

@@ -33,6 +33,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from mibench.models.base import DifferentiableAdapter, WhiteBoxError
+
 from . import __version__
 from .atomic import write_text_atomic
 from .cli import asset_path  # noqa: F401  (registers the mibench_asset resolver)
@@ -292,6 +294,10 @@ def train(cfg: DictConfig) -> dict | None:
     # model: any checkpoint a model YAML loads, one device per process
     model_cfg = OmegaConf.merge(cfg.model, {"device": str(accelerator.device)})
     adapter = instantiate(model_cfg)
+    if not isinstance(adapter, DifferentiableAdapter):
+        raise WhiteBoxError(f"model {adapter.name!r} ({type(adapter).__name__}) can only be "
+                            "queried; training needs one whose weights it can reach (a "
+                            "DifferentiableAdapter)")
     base_info = {k: v for k, v in adapter.describe().items() if k != "device"}
     if main:  # the base checkpoint's files and the process count change the weights too
         check_resume(run_dir, {"run": {"processes": procs, "base_model": base_info}}, "run")
@@ -405,8 +411,7 @@ def train(cfg: DictConfig) -> dict | None:
             final.gradient_checkpointing_disable()
         out_dir.mkdir(parents=True, exist_ok=True)
         final.eval()
-        final.save_pretrained(out_dir, state_dict=state)
-        adapter.processor.save_pretrained(out_dir)
+        adapter.save_pretrained(out_dir, final, state_dict=state)
         print(f"saved the trained model to {out_dir} ({train_seconds / 60:.1f} min of training "
               f"from step {start_step})", flush=True)
     accelerator.wait_for_everyone()

@@ -9,18 +9,20 @@ perturbed samples with a δ from the suite's embedding-space PGD (`EmbeddingPGD`
 irrelevant modality's positions), found with the weights frozen and then added, fixed, to the
 embeddings the language model reads while the weights train. All rows go through ONE forward
 pass of the (possibly DDP-wrapped) model, so distributed training sees one graph per step.
+The model is reached only through its adapter (`DifferentiableAdapter`: encode, positions,
+`answer_logits(shift=..., network=...)`, letter logits).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mibench.models.base import DifferentiableAdapter, option_log_probs
 from mibench.perturbations.pgd_embed import EmbeddingPGD
 from mibench.records import Sample
 
@@ -60,16 +62,6 @@ class BatchLoss:
     rows: int = 0
 
 
-def letter_log_probs(logits: Tensor, samples: Sequence[Sample], letter_ids: Sequence[int]
-                     ) -> Tensor:
-    """(B, K_max) log-probabilities over each sample's own option letters (-inf beyond)."""
-    k_max = max(len(s.options) for s in samples)
-    ids = torch.tensor(list(letter_ids[:k_max]), device=logits.device)
-    counts = torch.tensor([len(s.options) for s in samples], device=logits.device)
-    valid = torch.arange(k_max, device=logits.device)[None, :] < counts[:, None]
-    return torch.log_softmax(logits[:, ids].float().masked_fill(~valid, -torch.inf), dim=-1)
-
-
 def divergence(logp: Tensor, logq: Tensor, kind: str = "js") -> Tensor:
     """Per row, JS(p, q) or KL(p ‖ q) in nats; entries with p = q = 0 contribute 0."""
     p, q = logp.exp(), logq.exp()
@@ -91,39 +83,21 @@ def divergence(logp: Tensor, logq: Tensor, kind: str = "js") -> Tensor:
     return 0.5 * kl(p, logp, logm) + 0.5 * kl(q, logq, logm)
 
 
-def answer_cross_entropy(logits: Tensor, samples: Sequence[Sample], letter_ids: Sequence[int]
-                         ) -> Tensor:
+def answer_cross_entropy(adapter: DifferentiableAdapter, logits: Tensor,
+                         samples: Sequence[Sample]) -> Tensor:
     """Mean full-vocabulary CE of each sample's gold letter token."""
-    target = torch.tensor([letter_ids[s.answer] for s in samples], device=logits.device)
+    target = torch.tensor([adapter.option_token_ids(len(s.options))[s.answer] for s in samples],
+                          device=logits.device)
     return F.cross_entropy(logits.float(), target)
 
 
-@contextmanager
-def added_to_embeddings(decoder: torch.nn.Module, delta: Tensor | None) -> Iterator[None]:
-    """Adds `delta` (B, T, H) to the embeddings the language model is called with."""
-    if delta is None:
-        yield
-        return
-
-    def hook(module, args, kwargs):
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is None:
-            raise RuntimeError(f"{type(module).__name__} was not called with inputs_embeds; "
-                               "the adversarial term cannot place its perturbation")
-        if embeds.shape != delta.shape:
-            raise RuntimeError(f"adversarial δ has shape {tuple(delta.shape)}, the language "
-                               f"model's input embeddings {tuple(embeds.shape)}")
-        kwargs["inputs_embeds"] = embeds + delta.to(embeds.dtype)
-        return args, kwargs
-
-    handle = decoder.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
+def letter_log_probs(adapter: DifferentiableAdapter, logits: Tensor, samples: Sequence[Sample]
+                     ) -> Tensor:
+    """(B, K_max) log-probabilities over each sample's own option letters (-inf beyond)."""
+    return option_log_probs(adapter.letter_logits(logits, samples), samples)
 
 
-def adversarial_deltas(adapter, attacks: Mapping[str, EmbeddingPGD],
+def adversarial_deltas(adapter: DifferentiableAdapter, attacks: Mapping[str, EmbeddingPGD],
                        samples: Sequence[Sample], seeds: Sequence[int]
                        ) -> list[tuple[int, Tensor]]:
     """Per sample with an attack for its category: (row in `samples`, δ over its own
@@ -144,8 +118,9 @@ def adversarial_deltas(adapter, attacks: Mapping[str, EmbeddingPGD],
 
 
 def place_deltas(deltas: Sequence[tuple[int, Tensor]], offset: int, shape: torch.Size,
-                 attention: Tensor) -> Tensor:
-    """One (B, T, H) δ for the combined batch: adversarial row r is batch row offset + r.
+                 present: Tensor) -> Tensor:
+    """One (B, T, H) δ for the combined batch: adversarial row r is batch row offset + r;
+    `present` (B, T) marks the real (non-padding) positions.
 
     Left padding puts every row's real tokens at its end, so δ computed on the attack's own
     (shorter or equal) encoding lands on the same tokens when right-aligned; a δ that would
@@ -158,19 +133,20 @@ def place_deltas(deltas: Sequence[tuple[int, Tensor]], offset: int, shape: torch
         if t > length:
             raise RuntimeError(f"adversarial δ spans {t} positions, the batch only {length}")
         moved = delta.abs().sum(-1) > 0
-        if not bool(attention[offset + row, length - t:][moved].all()):
+        if not bool(present[offset + row, length - t:][moved].all()):
             raise RuntimeError(f"adversarial δ of row {row} falls on padding; the attack's "
                                "encoding and the batch's do not align")
         full[offset + row, length - t:] = delta
     return full
 
 
-def batch_loss(model: torch.nn.Module, adapter, pairs: Sequence[Pair], weights: LossWeights,
-               attacks: Mapping[str, EmbeddingPGD], seed: int, step: int) -> BatchLoss:
+def batch_loss(model: torch.nn.Module, adapter: DifferentiableAdapter, pairs: Sequence[Pair],
+               weights: LossWeights, attacks: Mapping[str, EmbeddingPGD], seed: int, step: int
+               ) -> BatchLoss:
     """The objective on one micro-batch of pairs, from one forward pass of `model`.
 
-    `model` is what is trained (maybe DDP-wrapped); `adapter` encodes with the same
-    processor and its `.model` is the bare module the attack reads.
+    `model` is what is trained: the adapter's network, maybe wrapped (DDP, peft); the
+    adapter encodes, and the attack searches on its bare network.
     """
     clean = [p.clean for p in pairs] if weights.clean > 0 or weights.consistency > 0 else []
     twins = [p for p in pairs if p.perturbed is not None]
@@ -189,34 +165,30 @@ def batch_loss(model: torch.nn.Module, adapter, pairs: Sequence[Pair], weights: 
     inputs = adapter.encode(rows)
     delta = None
     if deltas:
-        hidden = deltas[0][1].shape[-1]
-        shape = torch.Size((len(rows), inputs["input_ids"].shape[1], hidden))
-        delta = place_deltas(deltas, len(clean) + len(perturbed), shape,
-                             inputs["attention_mask"].bool())
-    decoder = adapter.model.get_decoder()
-    with added_to_embeddings(decoder, delta):
-        logits = model(**inputs).logits[:, -1, :]
-    letter_ids = adapter.letter_ids
+        present = adapter.text_positions(inputs) | adapter.image_positions(inputs)
+        shape = torch.Size((*present.shape, deltas[0][1].shape[-1]))
+        delta = place_deltas(deltas, len(clean) + len(perturbed), shape, present)
+    logits = adapter.answer_logits(inputs, shift=delta, network=model)
     n_clean, n_pert = len(clean), len(perturbed)
     total = logits.new_zeros((), dtype=torch.float32)
     terms: dict[str, float] = {}
     if clean and weights.clean > 0:
-        ce = answer_cross_entropy(logits[:n_clean], clean, letter_ids)
+        ce = answer_cross_entropy(adapter, logits[:n_clean], clean)
         total = total + weights.clean * ce
         terms["loss/sft_clean"] = float(ce.detach())
     if perturbed and weights.perturbed > 0:
-        ce = answer_cross_entropy(logits[n_clean:n_clean + n_pert], perturbed, letter_ids)
+        ce = answer_cross_entropy(adapter, logits[n_clean:n_clean + n_pert], perturbed)
         total = total + weights.perturbed * ce
         terms["loss/sft_perturbed"] = float(ce.detach())
     if adversarial:
-        ce = answer_cross_entropy(logits[n_clean + n_pert:], adversarial, letter_ids)
+        ce = answer_cross_entropy(adapter, logits[n_clean + n_pert:], adversarial)
         total = total + weights.adversarial * ce
         terms["loss/adversarial"] = float(ce.detach())
     if perturbed and weights.consistency > 0:
         index = {id(p.clean): i for i, p in enumerate(pairs)}
         clean_rows = torch.tensor([index[id(p.clean)] for p in twins], device=logits.device)
-        logp = letter_log_probs(logits[clean_rows], perturbed, letter_ids)
-        logq = letter_log_probs(logits[n_clean:n_clean + n_pert], perturbed, letter_ids)
+        logp = letter_log_probs(adapter, logits[clean_rows], perturbed)
+        logq = letter_log_probs(adapter, logits[n_clean:n_clean + n_pert], perturbed)
         cons = divergence(logp, logq, weights.divergence).mean()
         total = total + weights.consistency * cons
         terms[f"loss/consistency_{weights.divergence}"] = float(cons.detach())

@@ -1,5 +1,5 @@
 """Model adapters: checkpoint in, option-letter distributions out. One module + one YAML each."""
 
-from .base import ModelAdapter
+from .base import DifferentiableAdapter, ModelAdapter
 
-__all__ = ["ModelAdapter"]
+__all__ = ["DifferentiableAdapter", "ModelAdapter"]

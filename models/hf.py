@@ -33,8 +33,9 @@ from mibench.prompts import chat_messages, format_prompt
 from mibench.records import OPTION_LETTERS, Sample
 
 from . import vocabulary
-from .base import ModelAdapter
+from .base import option_distributions
 from .families import family_adapter, model_type_of
+from .hf_white_box import HFWhiteBox
 from .load_errors import load_failure
 
 log = logging.getLogger(__name__)
@@ -221,12 +222,13 @@ def merge_left_padded(parts: Sequence[tuple[Sequence[int], BatchFeature]], size:
     return BatchFeature(out)
 
 
-class HFModelAdapter(ModelAdapter):
+class HFModelAdapter(HFWhiteBox):
     """Loads a checkpoint by hub id or local directory and scores option letters.
 
     Prompts go through the chat template (the processor's, else its tokenizer's, else a
     `prompt_format`); batches are left-padded so the answer position is the last one for
-    every sample; the letter token ids are checked at load time.
+    every sample; the letter token ids are checked at load time. Attacks and training use
+    its white-box half (`HFWhiteBox`: forward passes with pixels or embeddings replaced).
     """
 
     model_class = AutoModelForImageTextToText
@@ -505,6 +507,14 @@ class HFModelAdapter(ModelAdapter):
         log.warning("%s; scores on it are doubtful (model.unknown_words_warn=%s)", what,
                     self.unknown_words_warn)
 
+    def option_token_ids(self, count: int) -> tuple[int, ...]:
+        """The one place the letters' token ids are read (scoring, attacks, training)."""
+        if count > len(self.letter_ids):
+            raise AnswerTokenError(
+                f"model {self.name!r}: {count} option letters needed, but the tokenizer offers "
+                f"only {len(self.letter_ids)} as single tokens: {self._letters_end}")
+        return self.letter_ids[:count]
+
     # -- scoring -------------------------------------------------------------------------
     def encode(self, samples: Sequence[Sample]) -> BatchFeature:
         """Left-padded model inputs on the model's device; images as one list per sample."""
@@ -565,10 +575,6 @@ class HFModelAdapter(ModelAdapter):
             enc.setdefault("token_type_ids", torch.zeros_like(enc["input_ids"]))
         return BatchFeature(enc)
 
-    def answer_logits(self, inputs: BatchFeature) -> torch.Tensor:
-        """Logits over the vocabulary at the answer position, (batch, vocab), in float32."""
-        return self.model(**inputs).logits[:, -1, :].float()
-
     @cached_property
     def image_encoder(self) -> Callable[..., object] | None:
         """The model's own image encoder, where its forward takes the encoder's output.
@@ -610,11 +616,7 @@ class HFModelAdapter(ModelAdapter):
         inputs = BatchFeature(dict(prepared.inputs)).to(self.device)
         inputs = self._with_image_features(inputs, prepared.image_key)
         logits = self.answer_logits(inputs)
-        out = []
-        for row, sample in zip(logits, samples):
-            letters = torch.tensor(self.letter_ids[: len(sample.options)], device=row.device)
-            out.append(torch.softmax(row[letters].double(), dim=-1).cpu().numpy())
-        return out
+        return option_distributions(self.letter_logits(logits, samples), samples)
 
     def option_probs(self, samples: Sequence[Sample], prepared: PreparedBatch | None = None
                      ) -> list[np.ndarray]:

@@ -16,6 +16,7 @@ from transformers import AddedToken, BatchFeature, InstructBlipForConditionalGen
 
 from mibench.records import Sample
 
+from .base import Inputs, WhiteBoxError
 from .hf import HFModelAdapter
 
 TEXT_ONLY = "language model alone, no query tokens"
@@ -54,9 +55,15 @@ class InstructBlipAdapter(HFModelAdapter):
             encoding[key] = torch.gather(encoding[key], 1, order)
         return encoding
 
-    def answer_logits(self, inputs: BatchFeature) -> torch.Tensor:
-        if "pixel_values" in inputs:
-            return super().answer_logits(inputs)
+    def answer_logits(self, inputs: Inputs, **options) -> torch.Tensor:
+        """A batch without images runs the language model alone (any `network` wrapper is
+        bypassed there: the language model is not reachable through one)."""
+        if "pixel_values" in inputs or options.get("pixels") is not None:
+            return super().answer_logits(inputs, **options)
+        if options.get("embeds") is not None or options.get("shift") is not None:
+            raise WhiteBoxError(f"model {self.name!r}: text-only samples run the language "
+                                "model alone, whose input embeddings are not replayed")
         lm_inputs = {k: v for k, v in inputs.items()
                      if k in ("input_ids", "attention_mask", "inputs_embeds")}
-        return self.model.language_model(**lm_inputs).logits[:, -1, :].float()
+        logits = self.model.language_model(**lm_inputs).logits[:, -1, :]
+        return logits if logits.dtype == torch.float64 else logits.float()

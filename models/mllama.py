@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import BatchFeature, MllamaForConditionalGeneration
 
+from .base import Inputs, WhiteBoxError
 from .hf import PER_TOKEN_KEYS, TOKEN_KEYS, HFModelAdapter
 
 # What a text-only forward is given: the tokens alone (no pixels, no cross-attention mask).
@@ -43,16 +44,24 @@ class MllamaAdapter(HFModelAdapter):
     # states), so every batch encodes its images.
     reuses_image_features = False
 
-    def answer_logits(self, inputs: BatchFeature) -> torch.Tensor:
+    def answer_logits(self, inputs: Inputs, **options) -> torch.Tensor:
+        """A batch mixing image and text-only rows runs as two passes (replaced pixels or
+        embeddings, or a shift, need a batch of one kind)."""
         cross = inputs.get("cross_attention_mask")
         if cross is None:
-            return super().answer_logits(inputs)
+            return super().answer_logits(inputs, **options)
         has_image = cross.flatten(1).any(1)
         if bool(has_image.all()):
-            return super().answer_logits(inputs)
+            return super().answer_logits(inputs, **options)
+        if any(options.get(k) is not None for k in ("pixels", "embeds", "shift")):
+            raise WhiteBoxError(f"model {self.name!r}: a batch mixing image and text-only "
+                                "samples runs as two passes; replaced pixels or embeddings, or "
+                                "a shift, need a batch of one kind")
+        network = options.get("network")
         image_rows = has_image.nonzero()[:, 0]
         text_rows = (~has_image).nonzero()[:, 0]
-        logits = torch.cat([super().answer_logits(rows_of(inputs, image_rows)),
-                            super().answer_logits(rows_of(inputs, text_rows, TEXT_KEYS))])
+        logits = torch.cat([
+            super().answer_logits(rows_of(inputs, image_rows), network=network),
+            super().answer_logits(rows_of(inputs, text_rows, TEXT_KEYS), network=network)])
         order = torch.cat([image_rows, text_rows]).argsort()  # back to the batch's order
         return logits[order.to(logits.device)]

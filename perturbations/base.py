@@ -65,5 +65,11 @@ class Attack(ABC):
         recorded so that results can say how often the model went there."""
         return [s.meta.get("lure") for s in samples]
 
+    def score(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
+              ) -> tuple[list[np.ndarray], list[int | None]]:
+        """`attack` and `lures` together; an attack that perturbs its samples before searching
+        (a base perturbation) overrides it to do that once for both."""
+        return self.attack(model, samples, seeds), self.lures(samples, seeds)
+
     def describe(self) -> dict:
         return Perturbation.describe(self)  # type: ignore[arg-type]

@@ -1,17 +1,17 @@
-"""What the MLLM attacks share: the threat model, the option objective, a frozen model.
+"""What the MLLM attacks share: the threat model, the option objective, the capability check.
 
-An attack here drives an `HFModelAdapter` (its `.model`, `.processor`, `.encode(samples)`,
-`.letter_ids`): it encodes the batch once, runs the PGD core (`mibench.perturbations.pgd`)
-on one modality's input, and returns each sample's option distribution at the strongest
-point found. The objective is the cross-entropy of the option letters at the answer
-position: untargeted, the correct option's CE is maximised (success: the decided answer is
-wrong); targeted, the target option's CE is minimised (success: the target is decided).
+An attack here drives a `DifferentiableAdapter` (models.base) and nothing else of the model:
+it encodes the batch once, runs the PGD core (`mibench.perturbations.pgd`) on one modality's
+input through the adapter's `answer_logits`, and returns each sample's option distribution
+at the strongest point found. The objective is the cross-entropy of the option letters at the
+answer position: untargeted, the correct option's CE is maximised (success: the decided answer
+is wrong); targeted, the target option's CE is minimised (success: the target is decided).
+A model that can only be queried (a plain `ModelAdapter`) is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mibench.errors import MibenchError
+from mibench.models.base import DifferentiableAdapter, WhiteBoxError, option_log_probs
 from mibench.records import Sample
 
 from .base import Attack, Perturbation
@@ -49,6 +50,11 @@ class AttackOutcome:
     eps: Tensor
     targets: list[int] | None
     result: PGDResult
+
+    @property
+    def lures(self) -> list[int | None]:
+        """The wrong option each sample was pushed toward (see `MLLMAttack.lures`)."""
+        return lures_of(self.samples, self.targets)
 
 
 class MLLMAttack(Attack):
@@ -106,18 +112,33 @@ class MLLMAttack(Attack):
                ) -> list[np.ndarray]:
         return self.run(model, samples, seeds).probs
 
-    def run(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]) -> AttackOutcome:
+    def score(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
+              ) -> tuple[list[np.ndarray], list[int | None]]:
+        outcome = self.run(model, samples, seeds)
+        return outcome.probs, outcome.lures
+
+    def run(self, model: DifferentiableAdapter, samples: Sequence[Sample], seeds: Sequence[int]
+            ) -> AttackOutcome:
+        """The attack on a batch; what the model cannot do for it is refused by name."""
+        try:
+            return self.search(model, samples, seeds)
+        except WhiteBoxError as err:
+            raise AttackError(f"attack {self.name!r} cannot run on model "
+                              f"{getattr(model, 'name', '?')!r}: {err}") from err
+
+    def search(self, model: DifferentiableAdapter, samples: Sequence[Sample],
+               seeds: Sequence[int]) -> AttackOutcome:
+        """Each attack's own search (its space, positions and objective)."""
         raise NotImplementedError
 
     # -- shared steps ----------------------------------------------------------------------
     def prepare(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
                 ) -> list[Sample]:
         """Check the model and seeds; apply the base perturbation (seeded per sample)."""
-        for attr in ("model", "processor", "encode", "letter_ids"):
-            if not hasattr(model, attr):
-                raise AttackError(f"attack {self.name!r} needs an HFModelAdapter-like model "
-                                  f"(.model, .processor, .encode, .letter_ids); "
-                                  f"{type(model).__name__} has no {attr!r}")
+        if not isinstance(model, DifferentiableAdapter):
+            raise AttackError(f"attack {self.name!r} needs gradients through the model, but "
+                              f"{type(model).__name__} can only be queried (it is not a "
+                              "DifferentiableAdapter); run heuristic conditions on it instead")
         if len(seeds) != len(samples):
             raise ValueError(f"attack {self.name!r}: {len(seeds)} seeds for "
                              f"{len(samples)} samples")
@@ -144,8 +165,7 @@ class MLLMAttack(Attack):
         """The wrong option each sample is pushed toward: the target of a targeted attack,
         else the option its base perturbation names (e.g. a misleading caption), if any."""
         prepared = self.apply_base(samples, seeds)
-        targets = self.targets(prepared, seeds)
-        return list(targets) if targets is not None else [s.meta.get("lure") for s in prepared]
+        return lures_of(prepared, self.targets(prepared, seeds))
 
     def targets(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[int] | None:
         """The wrong option each sample is pushed toward, or None when untargeted.
@@ -169,23 +189,21 @@ class MLLMAttack(Attack):
         return out
 
 
-def option_evaluation(logits: Tensor, samples: Sequence[Sample], letter_ids: Sequence[int],
-                      targets: Sequence[int] | None) -> Evaluation:
-    """The attack objective from last-position logits (B, vocab).
+def lures_of(samples: Sequence[Sample], targets: Sequence[int] | None) -> list[int | None]:
+    """The targets of a targeted attack, else the option each (base-perturbed) sample names."""
+    return list(targets) if targets is not None else [s.meta.get("lure") for s in samples]
 
-    Letter logits beyond a sample's option count are masked out. The loss is computed in
-    float32 (float64 for a float64 model); `output` keeps the float32 letter logits, from
-    which the final probabilities are computed exactly as `HFModelAdapter.option_probs` does.
-    Callers pass full logits (no `logits_to_keep=1`: slicing before the head changes its
-    GEMM path and the last bits, and ε = 0 must give the clean probabilities exactly).
+
+def option_evaluation(model: DifferentiableAdapter, logits: Tensor, samples: Sequence[Sample],
+                      targets: Sequence[int] | None) -> Evaluation:
+    """The attack objective from answer logits (B, vocab), through the model's letter logits.
+
+    The loss is computed in float32 (float64 for a float64 model); `output` keeps the float32
+    letter logits, from which the final probabilities are computed as every record is
+    (`option_distributions`), so ε = 0 gives the clean probabilities exactly.
     """
-    k_max = max(len(s.options) for s in samples)
-    ids = torch.tensor(letter_ids[:k_max], device=logits.device)
-    letters32 = logits.float()[:, ids]
-    letters = logits[:, ids] if logits.dtype == torch.float64 else letters32
-    counts = torch.tensor([len(s.options) for s in samples], device=logits.device)
-    valid = torch.arange(k_max, device=logits.device)[None, :] < counts[:, None]
-    logp = torch.log_softmax(letters.masked_fill(~valid, -torch.inf), dim=-1)
+    letters = model.letter_logits(logits, samples)
+    logp = option_log_probs(letters, samples)
     decided = logp.argmax(dim=-1)
     gold = torch.tensor([s.answer for s in samples], device=logits.device)
     if targets is None:
@@ -195,33 +213,7 @@ def option_evaluation(logits: Tensor, samples: Sequence[Sample], letter_ids: Seq
         target = torch.tensor(list(targets), device=logits.device)
         value = logp.gather(1, target[:, None])[:, 0]
         success = decided == target
-    return Evaluation(value=value, success=success, output=letters32)
-
-
-def option_probs(letter_logits: Tensor, samples: Sequence[Sample]) -> list[np.ndarray]:
-    """Per sample, softmax over its own letters in float64 (as the adapter scores clean)."""
-    return [torch.softmax(row[: len(s.options)].double(), dim=-1).cpu().numpy()
-            for row, s in zip(letter_logits, samples)]
-
-
-@contextmanager
-def frozen(module: torch.nn.Module) -> Iterator[None]:
-    """Parameters without gradients and the module in eval mode, restored afterwards.
-
-    The attack only reads the model: no copy is made and no parameter is updated.
-    """
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    training = module.training
-    for p, _ in flags:
-        p.requires_grad_(False)
-    module.eval()
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        module.train(training)
+    return Evaluation(value=value, success=success, output=letters.float())
 
 
 def needs_image(attack: MLLMAttack, samples: Sequence[Sample]) -> None:

@@ -2,9 +2,10 @@
 
 The reference is what a gradient step cannot avoid: one forward pass (full logits, as the
 adapter scores) and one backward pass to the attacked input, with the parameters frozen (no
-parameter gradients) — pixel PGD: to `pixel_values` through the whole model; embedding PGD:
-image features computed and scattered into the embeddings as LlavaModel does (LLaVA-only),
-then the model called with `inputs_embeds` and differentiated to them.
+parameter gradients), both through the model's own contract (`DifferentiableAdapter`) — pixel
+PGD: `answer_logits(inputs, pixels=...)`, differentiated to the pixels through the whole
+model; embedding PGD: `answer_logits(embedded, embeds=...)` on the sequence `embed` captured
+once, differentiated to the embeddings.
 A step's cost is measured as (time of an attack with S steps − time with 0 steps) / S, so the
 per-batch work (encoding, the clean pass, the final scoring pass) is left out; the target is
 a ratio ≤ 1.2.
@@ -23,10 +24,10 @@ import torch
 
 from mibench.cli import asset_path
 from mibench.models import toy_builder
+from mibench.models.base import DifferentiableAdapter, option_log_probs
 from mibench.models.hf import HFModelAdapter
 from mibench.perturbations.image import BlankImage
 from mibench.perturbations.pgd_embed import EmbeddingPGD
-from mibench.perturbations.pgd_mllm import frozen
 from mibench.perturbations.pgd_pixel import PixelPGD
 from mibench.tasks.shapes import ShapesTask, shapes_vocabulary
 
@@ -59,10 +60,11 @@ def load(path: str, dtype: str, device: str) -> HFModelAdapter:
     return HFModelAdapter(model.to(device), processor, "toy-size-random")
 
 
-def option_ce(adapter: HFModelAdapter, logits: torch.Tensor, samples) -> torch.Tensor:
-    ids = torch.tensor(adapter.letter_ids[: len(samples[0].options)], device=logits.device)
+def option_ce(adapter: DifferentiableAdapter, logits: torch.Tensor, samples) -> torch.Tensor:
+    """The untargeted attack's loss: mean CE of the gold option over the option letters."""
+    logp = option_log_probs(adapter.letter_logits(logits, samples), samples)
     gold = torch.tensor([s.answer for s in samples], device=logits.device)
-    return torch.nn.functional.cross_entropy(logits[:, -1, :].float()[:, ids], gold)
+    return -logp.gather(1, gold[:, None]).mean()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,30 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     adapter = load(args.model, args.dtype, args.device)
-    net, device = adapter.model, adapter.model.device
+    device = next(adapter.model.parameters()).device
     ih = ShapesTask("image_heavy", args.batch_size, name="ih").samples()
     th = [BlankImage("black_image").apply(s, None)
           for s in ShapesTask("text_heavy", args.batch_size, name="th").samples()]
 
     th_inputs, ih_inputs = adapter.encode(th), adapter.encode(ih)
+    th_pixels = adapter.pixel_layout(th_inputs).pixels
+    with adapter.frozen():
+        ih_embedded = adapter.embed(ih_inputs)
 
     def forward_backward_pixels():
-        inputs = th_inputs
-        pixels = inputs["pixel_values"].clone().requires_grad_(True)
-        loss = option_ce(adapter, net(**{**inputs, "pixel_values": pixels}).logits, th)
+        pixels = th_pixels.clone().requires_grad_(True)
+        loss = option_ce(adapter, adapter.answer_logits(th_inputs, pixels=pixels), th)
         torch.autograd.grad(loss, pixels)
 
-    def forward_backward_embeds():  # the LLaVA way: features scattered into the embeddings
-        inputs = ih_inputs
-        with torch.no_grad():
-            embeds = net.get_input_embeddings()(inputs["input_ids"])
-            features = torch.cat(net.get_image_features(
-                pixel_values=inputs["pixel_values"]).pooler_output)
-            mask = net.model.get_placeholder_mask(inputs["input_ids"], embeds, features)
-            embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
-        embeds.requires_grad_(True)
-        logits = net(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
-        torch.autograd.grad(option_ce(adapter, logits, ih), embeds)
+    def forward_backward_embeds():
+        embeds = ih_embedded.embeds.clone().requires_grad_(True)
+        loss = option_ce(adapter, adapter.answer_logits(ih_embedded, embeds=embeds), ih)
+        torch.autograd.grad(loss, embeds)
 
     cases = [("pixel L∞ (text-heavy + black image)", th, forward_backward_pixels,
               lambda s: PixelPGD(steps=s)),
@@ -112,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| attack | forward+backward s | PGD step s | ratio | whole attack s/batch |")
     print("|---|---|---|---|---|")
     for label, samples, reference, make in cases:
-        with frozen(net):
+        with adapter.frozen():
             t_ref = timed(reference, device, args.repeats)
         full, empty = make(args.steps), make(0)
         t_full = timed(lambda a=full, s=samples: a.run(adapter, s, seeds), device, args.repeats)

@@ -39,7 +39,7 @@ from mibench.perturbations.text import (  # noqa: E402
     STUDY_MISLEADING_TEMPLATE,
     TemplateFacts,
 )
-from mibench.records import Sample  # noqa: E402
+from mibench.records import OPTION_LETTERS, Sample  # noqa: E402
 from mibench.seeding import rng_for  # noqa: E402
 from mibench.tasks.shapes import (  # noqa: E402
     COLOUR_NAMES,
@@ -154,7 +154,7 @@ def train_llava(model, adapter: HFModelAdapter, args) -> None:
     ]
     opt = torch.optim.AdamW(groups)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(100, args.steps))
-    letter_ids = torch.tensor(adapter.letter_ids)
+    letter_ids = torch.tensor(adapter.option_token_ids(len(OPTION_LETTERS)))
     model.train()
     model.model.vision_tower.eval()
     start, losses, hits = time.time(), [], []
@@ -275,7 +275,8 @@ def generate_check(adapter: HFModelAdapter, n: int = 32) -> float:
     with torch.no_grad():
         out = adapter.model.generate(**inputs, max_new_tokens=2, do_sample=False)
     first = out[:, inputs["input_ids"].shape[1]].tolist()
-    return float(np.mean([t == adapter.letter_ids[s.answer] for t, s in zip(first, samples)]))
+    letters = adapter.option_token_ids(len(OPTION_LETTERS))
+    return float(np.mean([t == letters[s.answer] for t, s in zip(first, samples)]))
 
 
 def main() -> None:

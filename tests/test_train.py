@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from scipy.spatial.distance import jensenshannon
 
 from mibench.models import toy_builder
+from mibench.models.base import option_log_probs
 from mibench.models.hf import HFModelAdapter
 from mibench.perturbations.image import BlankImage
 from mibench.perturbations.pgd_embed import EmbeddingPGD
@@ -30,13 +31,7 @@ from mibench.records import Sample
 from mibench.tasks.shapes import ShapesTask, shapes_vocabulary
 from mibench.train import train
 from mibench.training_data import SplitLeakError, TrainingStream, check_disjoint
-from mibench.training_objective import (
-    added_to_embeddings,
-    adversarial_deltas,
-    divergence,
-    letter_log_probs,
-    place_deltas,
-)
+from mibench.training_objective import adversarial_deltas, divergence, place_deltas
 from mibench.training_report import ablation_table
 
 SIZE = toy_builder.ToyModelSize(vision_hidden=32, vision_layers=1, text_hidden=32,
@@ -82,8 +77,7 @@ def test_divergences_match_scipy_and_ignore_missing_options():
     other = torch.tensor(rng.normal(size=(2, 26)), dtype=torch.float32)
     samples = [Sample(id=f"s{k}", question="q", options=tuple("abcdef"[:k]), answer=0,
                       category="text_heavy") for k in (3, 6)]
-    ids = list(range(26))
-    logp, logq = letter_log_probs(logits, samples, ids), letter_log_probs(other, samples, ids)
+    logp, logq = option_log_probs(logits[:, :6], samples), option_log_probs(other[:, :6], samples)
     assert torch.isinf(logp[0, 3:]).all() and torch.isfinite(logp[1]).all()
     js = divergence(logp, logq, "js")
     kl = divergence(logp, logq, "kl")
@@ -168,9 +162,8 @@ def test_adversarial_delta_lands_on_the_attacked_tokens_in_a_mixed_batch(shapes_
     own_delta = torch.stack([d for _, d in sorted(found, key=lambda x: x[0])])
     image_rows = own["input_ids"] == adapter.model.config.image_token_id
     assert (own_delta.abs().sum(-1)[image_rows] == 0).all()  # image features untouched
-    decoder = adapter.model.get_decoder()
-    with torch.no_grad(), added_to_embeddings(decoder, own_delta):
-        expected = adapter.model(**own).logits[:, -1, :]
+    with torch.no_grad():
+        expected = adapter.answer_logits(own, shift=own_delta)
     # a batch with longer clean rows first: the adversarial rows get more left padding
     longer = [dataclasses.replace(s, id=f"{s.id}-long", distractor=f"{s.distractor} " * 2)
               for s in perturbed[:2]]
@@ -180,11 +173,11 @@ def test_adversarial_delta_lands_on_the_attacked_tokens_in_a_mixed_batch(shapes_
     full = place_deltas(found, len(longer), torch.Size((*enc["input_ids"].shape,
                                                         own_delta.shape[-1])),
                         enc["attention_mask"].bool())
-    with torch.no_grad(), added_to_embeddings(decoder, full):
-        got = adapter.model(**enc).logits[:, -1, :]
+    with torch.no_grad():
+        got = adapter.answer_logits(enc, shift=full)
     assert torch.allclose(got[len(longer):], expected, atol=1e-4)
     with torch.no_grad():
-        plain = adapter.model(**enc).logits[:, -1, :]
+        plain = adapter.answer_logits(enc)
     assert torch.allclose(got[:len(longer)], plain[:len(longer)], atol=1e-5)
     assert not torch.allclose(got[len(longer):], plain[len(longer):], atol=1e-4)
 
@@ -337,8 +330,8 @@ def test_divergence_gradients_are_finite_with_mixed_option_counts():
     logits = torch.randn(2, 10, requires_grad=True)
     samples = [Sample(id=f"s{k}", question="?", options=tuple("abcdef"[:k]), answer=0,
                       category="image_heavy") for k in (4, 6)]
-    logp = letter_log_probs(logits, samples, list(range(10)))
-    logq = letter_log_probs(logits.flip(-1), samples, list(range(10)))
+    logp = option_log_probs(logits[:, :6], samples)
+    logq = option_log_probs(logits.flip(-1)[:, :6], samples)
     for kind in ("js", "kl"):
         logits.grad = None
         divergence(logp, logq, kind).sum().backward(retain_graph=True)
