@@ -130,7 +130,7 @@ class Generated:
                         failure=row.get("failure"), matched=row.get("matched"),
                         options=int(row["options"]))
         if "retries" in row and int(row["retries"]) != generated.retries:
-            raise ValueError(f"retries {row['retries']} but {len(generated.responses)} "
+            raise ValueError(f"{row['retries']} retries but {len(generated.responses)} "
                              "responses")
         return generated
 

@@ -246,4 +246,13 @@ def load_submission(path: str | Path) -> Submission:
                         f"declares {document['records']['sha256']}: the records were changed")
     if problems:
         raise SubmissionError(path, problems)
-    return Submission(path, document, [Record.from_json(r) for r in rows], guarded)
+    return Submission(path, document, [_record(r, path) for r in rows], guarded)
+
+
+def _record(row: dict, path: Path) -> Record:
+    """One record of a submission; one that contradicts itself is named, not raised raw."""
+    try:
+        return Record.from_json(row)
+    except (KeyError, TypeError, ValueError) as err:
+        where = "/".join(str(row.get(k, "?")) for k in ("task", "condition", "sample_id"))
+        raise SubmissionError(path, [f"record {where}: {err}"]) from err

@@ -94,11 +94,8 @@ def _rows_problems(rows: list[dict]) -> list[str]:
 
 
 def _generated_problems(where: str, row: dict, generated: dict) -> list[str]:
-    """A generated answer: its retries count its responses, an option or a known reason."""
-    problems = []
-    if generated["retries"] != len(generated["responses"]) - 1:
-        problems.append(f"{where}: {generated['retries']} retries but "
-                        f"{len(generated['responses'])} responses")
+    """A generated answer: an option or a known reason, among its own options."""
+    problems = []  # retries against responses: checked as the records are read
     if (row["prediction"] is None) == (generated["failure"] is None):
         problems.append(f"{where}: a generated answer has an option or a failure reason, "
                         f"not both or neither (prediction {row['prediction']}, failure "
@@ -240,7 +237,8 @@ def _scorer_problems(submission: Submission, rows: list[dict]) -> list[str]:
     if plain(built.describe()) != declared:
         problems.append(f"scorer: declared {declared} but the config builds "
                         f"{plain(built.describe())}")
-    generates = isinstance(built, GenerateScorer)
+    # the records must be the declared scorer's kind (a mismatch with the config is above)
+    generates = declared.get("class") == GenerateScorer().describe()["class"]
     mismatched = [r for r in rows if (r.get("generated") is not None) != generates]
     if mismatched:
         what = "likelihood" if generates else "generated"
