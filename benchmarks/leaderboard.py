@@ -106,11 +106,10 @@ def entry_for(submission: Submission) -> Entry:
     doc = submission.document
     kinds = doc["condition_kinds"]
     entry = Entry(submission, components={})
+    chance = scoring.chance_accuracy(submission.records, CLEAN)
     for task, conditions in doc["results"].items():
         entry.clean[task] = conditions[CLEAN]["accuracy"]
-        options = [len(r.probs) if r.probs is not None else r.generated.options
-                   for r in submission.records if r.task == task and r.condition == CLEAN]
-        entry.chance[task] = float(np.mean([1 / k for k in options]))
+        entry.chance[task] = chance[task]
         for cond, metrics in conditions.items():
             if cond == CLEAN:
                 continue

@@ -87,10 +87,6 @@ class Sample:
     def letters(self) -> tuple[str, ...]:
         return tuple(OPTION_LETTERS[: len(self.options)])
 
-    @property
-    def relevant_modalities(self) -> frozenset[str]:
-        return RELEVANT_MODALITIES[self.category]
-
 
 def _shown(value: Any) -> str:
     text = repr(value)
@@ -161,6 +157,12 @@ class Record:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.task, self.condition, self.sample_id)
+
+    @property
+    def option_count(self) -> int:
+        """How many options the answer was chosen among (a generated answer may hold no
+        probabilities)."""
+        return len(self.probs) if self.probs is not None else self.generated.options
 
     def to_json(self) -> dict[str, Any]:
         row = {

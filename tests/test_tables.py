@@ -2,8 +2,6 @@
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,14 @@ from mibench import scoring
 from mibench.records import Record
 from mibench.report import metrics_document, write_metrics
 from mibench.runner import BenchmarkResult
-from mibench.tables import category_table, columns, load_runs, main, render_tables
+from mibench.tables import (
+    TablesInputError,
+    category_table,
+    columns,
+    load_runs,
+    main,
+    render_tables,
+)
 
 CELL = re.compile(r"(-?[\d.]+) \[(-?[\d.]+), (-?[\d.]+)\]")
 TASKS = {"mini_imagenet": "image_heavy", "mmlu": "text_heavy", "scienceqa": "vqa"}
@@ -125,19 +130,8 @@ def test_cli_writes_markdown_and_a_radar_png(two_runs, tmp_path, capsys):
     assert "tables in" in capsys.readouterr().out
 
 
-def test_script_entry_point(two_runs, tmp_path):
-    _, root = two_runs
-    script = Path(__file__).parents[1] / "scripts" / "render_tables.py"
-    out = subprocess.run([sys.executable, str(script), str(root / "base"), "--out",
-                          str(tmp_path / "t"), "--no-radar"], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "| llava-7b |" in out.stdout
-    assert not (tmp_path / "t" / "radar_accuracy.png").exists()
-
-
 def test_bad_inputs_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+    with pytest.raises(TablesInputError, match="no metrics.json"):
         load_runs([tmp_path])
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match="x.json has no 'results'"):
