@@ -220,6 +220,8 @@ def run(cfg: DictConfig) -> dict | None:
         document = metrics_document(result, result.fingerprint, config)
         # how it was scored: recorded, never fingerprinted (batch size changes no number)
         document["scoring"] = {"batch_size": int(cfg.batch_size), "processes": result.processes}
+        if fetched := model.fetch_report():  # a served model's requests and retries
+            document["scoring"]["fetch"] = fetched
         path = write_metrics(document, out_dir)
         table = format_table(document["results"], document["failed"])
         (out_dir / "table.md").write_text(table + "\n")

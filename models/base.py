@@ -116,6 +116,12 @@ class ModelAdapter(ABC):
         """Why `generate` returns no log-probabilities with its answers; None where it does."""
         return f"{type(self).__name__} returns no log-probabilities with generated answers"
 
+    def fetch_report(self) -> dict:
+        """How this process fetched its answers, for the run's provenance (never its
+        fingerprint: it changes no number). A served model reports its requests, cache hits,
+        retries by cause and the model ids the server answered as; a local one nothing."""
+        return {}
+
     def bind_run_dir(self, run_dir: str | Path) -> None:
         """Where the run that uses this model writes; told before anything is described or
         scored. A backend that keeps files per run (a response cache) may keep them there;

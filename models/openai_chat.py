@@ -446,6 +446,11 @@ class OpenAIChatAdapter(ModelAdapter):
         return [{"model": m, "system_fingerprint": f}
                 for m, f in sorted(self._served, key=lambda mf: json.dumps(mf))]
 
+    def fetch_report(self) -> dict:
+        stats = self.stats()
+        return {"requests": stats.sent, "cache_hits": stats.cache_hits,
+                "retries": dict(sorted(stats.retries.items())), "served": self.served()}
+
     def describe(self) -> dict:
         info = self.server()
         return {

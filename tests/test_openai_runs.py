@@ -180,6 +180,10 @@ def test_the_api_key_is_in_no_file_of_a_mibench_run(toy_server, tmp_path):
     assert relay.injected == {"429": 1, "echo_key": 1}
     assert done.returncode == 1, done.stderr[-3000:]  # the task that got the 401 failed
     metrics = json.loads((out / "metrics.json").read_text())
+    fetched = metrics["scoring"]["fetch"]  # the retried 429 is counted in the provenance
+    assert fetched["retries"] == {"429": 1} and fetched["requests"] == (relay.forwarded
+                                                          + sum(relay.injected.values()))
+    assert [s["model"] for s in fetched["served"]] == [toy_server.model]
     assert "HTTP 401" in json.dumps(metrics["failed"]) and "<redacted>" in json.dumps(
         metrics["failed"])
     files = [p for p in out.rglob("*") if p.is_file()]
