@@ -39,6 +39,7 @@ class Registry:
     nested: dict[str, frozenset[str]]  # "<owner target>.<key>" -> targets nested there
     models: frozenset[str]  # _target_s of conf/model
     loggers: frozenset[str]  # _target_s of conf/logger
+    scorers: frozenset[str]  # _target_s of conf/scorer
     benchmarks: dict[str, Benchmark]  # grid.name -> definition
     run_keys: frozenset[str]  # top-level keys of a resolved `mibench` config
     grid_keys: frozenset[str]  # keys of `grid` (name, tasks, conditions, ...)
@@ -106,7 +107,7 @@ def registry() -> Registry:
     """The registry of this installed suite (read once per process)."""
     nested: dict[str, set[str]] = {}
     groups: dict[str, dict[str, str]] = {}
-    for group in ("task", "perturbation", "model", "logger"):
+    for group in ("task", "perturbation", "model", "logger", "scorer"):
         groups[group] = {}
         for stem, document in _yamls(group):
             groups[group][stem] = document["_target_"]
@@ -129,6 +130,7 @@ def registry() -> Registry:
         nested={k: frozenset(v) for k, v in nested.items()},
         models=frozenset(groups["model"].values()),
         loggers=frozenset(groups["logger"].values()),
+        scorers=frozenset(groups["scorer"].values()),
         benchmarks=benchmarks, run_keys=frozenset(run_keys), grid_keys=frozenset(grid_keys))
 
 
