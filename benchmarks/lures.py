@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image, ImageDraw
 
 from .atomic import write_text_atomic
@@ -281,12 +282,20 @@ def task_summary(rows: Sequence[Row], source: str) -> dict:
 
 def lure_report(run: str | Path, condition: str = "inverted_lure",
                 transfer: Sequence[str] = (), cache_dir: str | None = None,
-                batch_size: int = 32) -> tuple[dict, list[Row]]:
-    """The report document and the rows it was computed from."""
+                batch_size: int = 32, judge_settings: dict | None = None
+                ) -> tuple[dict, list[Row]]:
+    """The report document and the rows it was computed from. `judge_settings` changes the
+    run's judge (e.g. {"threshold": 0.7}): same weights, another reading."""
+    from mibench.models.judges import check_independent, judge_from_description
+
     run = Path(run)
     attack, model_info, rows = load_rows(run, condition, cache_dir)
-    if attack.judge is not None:
-        judge_rows(attack.judge, rows)
+    judge = attack.judge
+    if judge is not None and judge_settings:
+        judge = judge_from_description({**judge.describe(), **judge_settings}, "--judge-setting")
+        check_independent(judge, model_info.get("weights_sha256"), str(model_info.get("name")))
+    if judge is not None:
+        judge_rows(judge, rows)
     models = {}
     for spec in transfer:
         model = load_model(spec)
@@ -299,7 +308,7 @@ def lure_report(run: str | Path, condition: str = "inverted_lure",
     document = {
         "schema_version": SCHEMA_VERSION, "run": str(run), "condition": condition,
         "source": {k: model_info.get(k) for k in ("name", "path", "weights_sha256")},
-        "judge": None if attack.judge is None else attack.judge.describe(),
+        "judge": None if judge is None else judge.describe(),
         "threat_model": attack.threat_model(), "transfer_models": models,
         "tasks": {t: task_summary([r for r in rows if r.task == t],
                                   str(model_info.get("name"))) for t in tasks},
@@ -404,13 +413,22 @@ def lures_main(argv: Sequence[str]) -> int:
                              "(repeatable), e.g. 'model=toy_llava_mitigated'")
     parser.add_argument("--cache-dir", default=None,
                         help="where the images are (default: the run's cache_dir)")
+    parser.add_argument("--judge-setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="read with the run's judge otherwise, e.g. threshold=0.7 or "
+                             "require_shape=false (repeatable)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--grid", default=None, help="also write a PNG grid of the images here")
     parser.add_argument("--grid-n", type=int, default=32)
     args = parser.parse_args(list(argv))
     try:
+        settings = {}
+        for item in args.judge_setting:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise LureReportError(f"--judge-setting {item!r}: write KEY=VALUE")
+            settings[key.strip()] = yaml.safe_load(value)
         document, rows = lure_report(args.run, args.condition, args.transfer, args.cache_dir,
-                                     args.batch_size)
+                                     args.batch_size, settings)
         json_path, _ = write_report(document, Path(args.run))
         if args.grid:
             picture_grid(rows, args.grid, args.grid_n)

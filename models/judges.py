@@ -105,15 +105,14 @@ def check_independent(judge: Judge, source_digest: str | None, source: str) -> N
 def judge_from_description(description: dict, where: str) -> Judge:
     """A judge rebuilt from its `describe()` (a run's fingerprint: data, so only the judge
     kinds below and their own keys are read), checked against the weights it recorded."""
-    kinds = {ShapesJudge.kind: (ShapesJudge, ("path", "threshold")),
+    kinds = {ShapesJudge.kind: (ShapesJudge, ("path", "threshold", "require_shape")),
              ClipJudge.kind: (ClipJudge, ("path", "revision", "template", "threshold"))}
     kind = description.get("kind") if isinstance(description, dict) else None
     if kind not in kinds:
         raise JudgeError(f"{where}: judge kind {kind!r} is not one of {sorted(kinds)}")
     cls, keys = kinds[kind]
     values = {k: description[k] for k in keys if k in description}
-    if any(not isinstance(v, (str, int, float, type(None))) or isinstance(v, bool)
-           for v in values.values()):
+    if any(not isinstance(v, (str, int, float, bool, type(None))) for v in values.values()):
         raise JudgeError(f"{where}: judge settings {values} are not plain values")
     try:
         judge = cls(**values)
@@ -162,17 +161,19 @@ def images_to_tensor(images: Sequence[Image.Image], side: int) -> torch.Tensor:
 class ShapesJudge(Judge):
     """The shipped shapes-world CNN: colours, shapes, and the objects drawn as shapes.
 
-    Colour options score p(a shape is there) x p(colour); shape and object options score
-    p(shape); NONE scores p(no shape). `path`: a folder with config.json and
+    Colour options score p(a shape is there) x p(colour), or p(colour) alone without
+    `require_shape` (then a wash of colour counts as showing it); shape and object options
+    score p(shape); NONE scores p(no shape). `path`: a folder with config.json and
     model.safetensors (None: the shipped one).
     """
 
     kind = "shapes_cnn"
 
-    def __init__(self, path: str | None = None, threshold: float = 0.5) -> None:
+    def __init__(self, path: str | None = None, threshold: float = 0.5,
+                 require_shape: bool = True) -> None:
         if not 0 <= threshold <= 1:
             raise ValueError(f"judge threshold={threshold} must lie in [0, 1]")
-        self.path, self.threshold = path, float(threshold)
+        self.path, self.threshold, self.require_shape = path, float(threshold), require_shape
 
     @property
     def folder(self) -> Path:
@@ -225,17 +226,18 @@ class ShapesJudge(Judge):
         p_colour = torch.softmax(colour_logits.double(), -1).numpy()
         out = []
         for i, opts in enumerate(options):
+            classes = [self._classes(option) for option in opts]
             none = p_shape[i, -1]
-            scores = []
-            for option in opts:
-                head, k = self._classes(option)
-                scores.append((1 - none) * p_colour[i, k] if head == "colour" else p_shape[i, k])
+            if not self.require_shape and all(head == "colour" for head, _ in classes):
+                none = 0.0  # a colour question: the colour head alone decides
+            scores = [(1 - none) * p_colour[i, k] if head == "colour" else p_shape[i, k]
+                      for head, k in classes]
             row = np.array([*scores, none])
             out.append(row / row.sum())
         return out
 
     def _where(self) -> dict:
-        return {"path": self.path}
+        return {"path": self.path, "require_shape": self.require_shape}
 
 
 # -- CLIP zero-shot ------------------------------------------------------------------------------

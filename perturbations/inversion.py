@@ -46,7 +46,7 @@ class Prior:
     """The natural-image prior and the budget of one inversion."""
 
     steps: int = 48
-    lr: float = 0.05
+    lr: float = 0.5
     parametrization: str = "fourier"
     param_size: int | None = 16
     decorrelate: bool = True

@@ -167,8 +167,8 @@ class InvertedLure(Attack):
     version = 1
 
     def __init__(self, name: str = "inverted_lure", target: str = "random",
-                 objective: str = "answer", probe_question: str = "What is in the image?",
-                 steps: int = 48, lr: float = 0.05,
+                 objective: str = "features", probe_question: str = "What is in the image?",
+                 steps: int = 48, lr: float = 0.5,
                  parametrization: str = "fourier", param_size: int | None = 16,
                  decorrelate: bool = True, jitter: float = 0.0625, zoom: float = 0.1,
                  flip: bool = True, copies: int = 2, tv_weight: float = 0.1,

@@ -155,15 +155,26 @@ def test_a_sample_s_image_does_not_depend_on_its_batch(tiny_adapter, samples, tm
     np.testing.assert_allclose(alone.probs[0], together.probs[1], atol=1e-4)
 
 
-def test_budget_on_the_model_one_forward_pass_per_step(tiny_adapter, samples, tmp_path,
-                                                       one_thread):
-    calls = []
-    handle = tiny_adapter.model.register_forward_pre_hook(lambda *a: calls.append(1))
+@pytest.mark.parametrize("objective", ["answer", "features"])
+def test_budget_on_the_model_one_pass_per_step(tiny_adapter, samples, tmp_path, one_thread,
+                                               objective):
+    """answer: one forward pass of the whole model per step; features: one of the vision
+    tower per step and none of the whole model but one text-only pass for the option words;
+    then the saved images are scored once."""
+    calls = {"model": 0, "vision": 0}
+    model = tiny_adapter.model
+    hooks = [model.register_forward_pre_hook(lambda *a: calls.__setitem__("model", calls[
+                 "model"] + 1)),
+             model.base_model.vision_tower.register_forward_pre_hook(
+                 lambda *a: calls.__setitem__("vision", calls["vision"] + 1))]
     try:
-        out = attack(tmp_path, steps=4).run(tiny_adapter, samples, seeds_of(samples))
+        out = attack(tmp_path, steps=4, objective=objective).run(tiny_adapter, samples,
+                                                                 seeds_of(samples))
     finally:
-        handle.remove()
-    assert len(calls) == 4 + 1  # four optimisation steps, then the saved images scored once
+        for hook in hooks:
+            hook.remove()
+    assert calls == ({"model": 4 + 1, "vision": 4 + 1} if objective == "answer"
+                     else {"model": 1 + 1, "vision": 4 + 1})
     for item in out.images:
         assert item.sidecar["steps_done"] == 4 and item.sidecar["param_shape"] == [3, 8, 5, 2]
         assert item.sidecar["side"] == [32, 32]
@@ -192,7 +203,7 @@ def test_the_cache_makes_a_second_run_optimise_nothing(tiny_adapter, samples, tm
 
 def test_other_objectives_and_targets(tiny_adapter, samples, tmp_path, one_thread):
     lured = [dataclasses.replace(s, meta={"lure": (s.answer + 1) % 3}) for s in samples]
-    for objective in ("probe", "features"):
+    for objective in ("probe", "answer"):
         out = attack(tmp_path, objective=objective, target="lure").run(
             tiny_adapter, lured, seeds_of(lured))
         assert out.targets == [(s.answer + 1) % 3 for s in samples]
@@ -239,6 +250,9 @@ def test_the_shapes_judge_sees_what_is_drawn_and_is_small():
     assert not wrong.sees_lure and wrong.choice == 1
     with pytest.raises(JudgeError, match="not a colour, shape or object"):
         judge.option_probs(images[:1], [("dog", "cat")])
+    wash = [Image.new("RGB", (32, 32), (40, 170, 60))]  # green everywhere, no shape
+    assert not judge.verdicts(wash, [colours], [1])[0].sees_lure
+    assert ShapesJudge(require_shape=False).verdicts(wash, [colours], [1])[0].sees_lure
 
 
 @pytest.fixture(scope="module")
@@ -327,6 +341,8 @@ def test_lures_report_splits_semantic_from_adversarial_and_scores_transfer(
     # the same images, not made again: the report reads the cache
     again, _ = lure_report(run)
     assert again["samples"] == [{**s, "transfer": {}} for s in document["samples"]]
+    lenient, _ = lure_report(run, judge_settings={"require_shape": False})
+    assert lenient["judge"]["require_shape"] is False and document["judge"]["require_shape"]
 
 
 def test_lures_report_names_missing_images(tiny_adapter, samples, tmp_path, one_thread):
