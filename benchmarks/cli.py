@@ -290,6 +290,7 @@ SUBCOMMANDS: dict[str, str] = {
     "compare": "mibench.compare:compare_main",
     "models": "mibench.models.catalog:main",
     "tables": "mibench.tables:main",
+    "lures": "mibench.lures:lures_main",
 }
 
 

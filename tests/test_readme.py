@@ -131,8 +131,11 @@ def test_readme_commands_run_offline(tmp_path):
     a, b = runs.get("mibench"), runs.get("mibench model=toy_llava_mitigated")
     assert a and b, "the README's default run and the mitigated model's feed compare and submit"
 
+    lure_run = runs.get("mibench task=toy_text_heavy perturbation=inverted_lure")
+    assert lure_run, "the README's inverted_lure run feeds `mibench lures`"
     # runs/llava7b(-ft) are cai2025 runs of hub checkpoints: the two toy runs stand in
     values = {"outputs/<run>": a, "outputs/<run_a>": a, "outputs/<run_b>": b,
+              "outputs/<lure_run>": lure_run,
               "runs/llava7b": a, "runs/llava7b-ft": b, "DIR": tmp_path / "submission",
               "DIR/submission.json": tmp_path / "submission" / "submission.json",
               "NAME": "readme_example"}
