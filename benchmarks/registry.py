@@ -57,7 +57,19 @@ def _yamls(group: str) -> Iterator[tuple[str, Any]]:
     folder = resources.files("mibench.conf").joinpath(group)
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            yield entry.name[: -len(".yaml")], yaml.safe_load(entry.read_text()) or {}
+            yield entry.name[: -len(".yaml")], _with_bases(yaml.safe_load(entry.read_text()) or {})
+
+
+def _with_bases(document: dict) -> dict:
+    """A group YAML with the bases its defaults list places here (`/model_base/X@_here_`)
+    merged under its own keys, as Hydra composes it (bases hold flat keys)."""
+    merged: dict = {}
+    for entry in document.get("defaults") or []:
+        if isinstance(entry, str) and entry.endswith("@_here_"):
+            base = entry.removesuffix("@_here_").strip("/")
+            merged.update(yaml.safe_load(
+                resources.files("mibench.conf").joinpath(f"{base}.yaml").read_text()) or {})
+    return {**merged, **{k: v for k, v in document.items() if k != "defaults"}}
 
 
 def _nested_targets(node: Any, owner: str | None, into: dict[str, set[str]]) -> None:
