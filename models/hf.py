@@ -1,14 +1,18 @@
 """The generic adapter for any `AutoModelForImageTextToText` checkpoint with a chat template.
 
 Family modules (instructblip.py, mllama.py, paligemma.py, smolvlm.py) subclass `HFModelAdapter`
-their checkpoints do differently; a YAML's `_target_` picks the class.
+and override only what their checkpoints do differently; a YAML's `_target_` picks the class.
+How processors load is in hf_processor.py, how encodings are merged and padded in
+hf_batching.py, generation in hf_generate.py, the white-box contract in hf_white_box.py.
+What is left here stays together although it passes 500 lines: loading, prompt rendering,
+answer-letter resolution and scoring all read the same processor, tokenizer and caches, and
+the family adapters override pieces of each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -19,9 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForImageTextToText,
-    AutoProcessor,
     BatchFeature,
     PreTrainedModel,
     ProcessorMixin,
@@ -35,7 +37,9 @@ from mibench.records import OPTION_LETTERS, Sample
 from . import vocabulary
 from .base import option_distributions
 from .families import family_adapter, model_type_of
+from .hf_batching import TOKEN_KEYS, left_align, merge_left_padded
 from .hf_generate import HFGeneration
+from .hf_processor import load_processor
 from .hf_white_box import HFWhiteBox
 from .load_errors import load_failure
 
@@ -51,12 +55,6 @@ OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
      torch.cuda.OutOfMemoryError})
 
-# Keys with one value per token: padded to the left when encodings are merged. Everything
-# else a processor returns (pixel values, grids, sizes, Q-Former ids) belongs to the images.
-TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
-# Keys with a per-token axis (dim 1) besides the token keys: they move with the tokens when a
-# row's padding is moved (Mllama's cross-attention mask, per token, image and tile).
-PER_TOKEN_KEYS = ("cross_attention_mask",)
 
 
 RENDER_CACHE_SIZE = 100_000  # rendered prompts kept per adapter
@@ -106,121 +104,6 @@ class CheckpointError(MibenchError, RuntimeError):
 
 class VocabularyError(MibenchError, ValueError):
     """The tokenizer maps too much of a task's text to its unknown token to score it."""
-
-
-def image_only_processor_class(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
-    """`processor_class` without its video processor (which needs torchvision to load).
-
-    The image and text paths of Qwen2-VL, InternVL, SmolVLM, ... never touch the video
-    processor; dropping it from `__init__`'s parameters drops it from the processor's
-    attributes, so loading, saving and calling work without torchvision.
-    """
-    # transformers reads the sub-processors to load from `inspect.signature(__init__)` and the
-    # settings to pass back (image_seq_length, ...) from `__init__.__code__.co_varnames`, so
-    # the new `__init__` must really have the parent's parameters, less `video_processor`.
-    params = [p for name, p in inspect.signature(processor_class.__init__).parameters.items()
-              if name not in ("self", "video_processor")]
-    declared, passed = [], []
-    for p in params:
-        if p.kind is p.VAR_POSITIONAL:
-            declared.append(f"*{p.name}")
-            passed.append(f"*{p.name}")
-        elif p.kind is p.VAR_KEYWORD:
-            declared.append(f"**{p.name}")
-            passed.append(f"**{p.name}")
-        else:
-            has_default = p.default is not p.empty
-            declared.append(f"{p.name}=_defaults[{p.name!r}]" if has_default else p.name)
-            passed.append(f"{p.name}={p.name}")
-    source = (f"def __init__(self, {', '.join(declared)}):\n"
-              f"    _parent.__init__(self, {', '.join(passed)}, video_processor=None)\n")
-    namespace = {"_parent": processor_class,
-                 "_defaults": {p.name: p.default for p in params}}
-    exec(source, namespace)  # noqa: S102 - builds a signature, runs no outside text
-    # Same name, so a processor saved from it still names the real class in its config.
-    return type(processor_class.__name__, (processor_class,),
-                {"__init__": namespace["__init__"], "__module__": processor_class.__module__,
-                 "__doc__": processor_class.__doc__})
-
-
-def _processor_class_for(path: str, **load) -> type[ProcessorMixin] | None:
-    """The processor class a checkpoint names (processor_config.json, else its model type)."""
-    from transformers.models.auto.processing_auto import (
-        PROCESSOR_MAPPING_NAMES,
-        processor_class_from_name,
-    )
-
-    local = Path(path) / "processor_config.json"
-    if local.is_file():
-        name = json.loads(local.read_text()).get("processor_class")
-        if name:
-            return processor_class_from_name(name)
-    model_type = AutoConfig.from_pretrained(path, **load).model_type
-    name = PROCESSOR_MAPPING_NAMES.get(model_type)
-    return processor_class_from_name(name) if name else None
-
-
-def load_processor(path: str, **load) -> ProcessorMixin:
-    """`AutoProcessor`, or, where only the video processor fails to load, the same processor
-    without it (see `image_only_processor_class`)."""
-    try:
-        return AutoProcessor.from_pretrained(path, **load)
-    except (ImportError, OSError, ValueError) as err:
-        processor_class = _processor_class_for(path, **load)
-        if processor_class is None or "video_processor" not in processor_class.get_attributes():
-            raise
-        log.info("loading %s without its video processor (%s)", processor_class.__name__, err)
-        return image_only_processor_class(processor_class).from_pretrained(path, **load)
-
-
-def _left_align(encoding: BatchFeature) -> BatchFeature:
-    """Move every row's padding to its far left, keeping the order of its real tokens.
-
-    The answer is read at the last position, so padding must never end a row: processors
-    pad on the side saved in the tokenizer's config (some hub tokenizers say "right"), and
-    InstructBLIP's puts its query tokens before the padding, where a hole would shift the
-    relative positions of what follows by however much padding the batch needed.
-    """
-    mask = encoding.get("attention_mask")
-    if mask is None or mask.ndim != 2:
-        return encoding
-    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
-    if torch.equal(order, torch.arange(mask.shape[1]).expand_as(order)):
-        return encoding
-    for key in TOKEN_KEYS + PER_TOKEN_KEYS:
-        if key in encoding:
-            value = encoding[key]
-            index = order.to(value.device).reshape(*order.shape, *[1] * (value.ndim - 2))
-            encoding[key] = torch.gather(value, 1, index.expand_as(value))
-    return encoding
-
-
-def merge_left_padded(parts: Sequence[tuple[Sequence[int], BatchFeature]], size: int,
-                      pad_id: int) -> BatchFeature:
-    """One batch from encodings of disjoint groups of rows (`rows` = the rows' places).
-
-    Token keys are left-padded to a common length; other keys (image tensors) come from
-    the only part that has images and keep its order, which is the rows' order.
-    """
-    length = max(enc["input_ids"].shape[1] for _, enc in parts)
-    out: dict[str, torch.Tensor] = {}
-    for key in TOKEN_KEYS:
-        if not any(key in enc for _, enc in parts):
-            continue
-        template = next(enc["input_ids"] for _, enc in parts)
-        fill = pad_id if key == "input_ids" else 0
-        merged = torch.full((size, length), fill, dtype=template.dtype)
-        for rows, enc in parts:
-            if key in enc:
-                merged[list(rows), length - enc[key].shape[1]:] = enc[key]
-        out[key] = merged
-    for _, enc in parts:
-        for key, value in enc.items():
-            if key not in TOKEN_KEYS:
-                if key in out:
-                    raise ValueError(f"two groups of a batch both carry {key!r}")
-                out[key] = value
-    return BatchFeature(out)
 
 
 class HFModelAdapter(HFGeneration, HFWhiteBox):
@@ -555,7 +438,7 @@ class HFModelAdapter(HFGeneration, HFWhiteBox):
         else:
             encoding = self.processor(text=texts, padding=True, return_tensors="pt",
                                       add_special_tokens=add_special_tokens)
-        return _left_align(encoding)
+        return left_align(encoding)
 
     def _encode_images(self, samples: Sequence[Sample], add_special_tokens: bool,
                        suffix: str = "") -> BatchFeature:

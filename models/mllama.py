@@ -13,7 +13,8 @@ import torch
 from transformers import BatchFeature, MllamaForConditionalGeneration
 
 from .base import Inputs, WhiteBoxError
-from .hf import PER_TOKEN_KEYS, TOKEN_KEYS, HFModelAdapter
+from .hf import HFModelAdapter
+from .hf_batching import PER_TOKEN_KEYS, TOKEN_KEYS
 
 # What a text-only forward is given: the tokens alone (no pixels, no cross-attention mask).
 TEXT_KEYS = TOKEN_KEYS

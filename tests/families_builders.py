@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from mibench.models.hf import image_only_processor_class
+from mibench.models.hf_processor import image_only_processor_class
 from mibench.prompts import ANSWER_INSTRUCTION
 from mibench.records import OPTION_LETTERS
 

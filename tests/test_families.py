@@ -25,7 +25,8 @@ from transformers import (
 
 from mibench.models import catalog
 from mibench.models.base import ModelAdapter
-from mibench.models.hf import TOKEN_KEYS, AnswerTokenError, CheckpointError, HFModelAdapter
+from mibench.models.hf import AnswerTokenError, CheckpointError, HFModelAdapter
+from mibench.models.hf_batching import TOKEN_KEYS
 from mibench.models.mllama import MllamaAdapter
 from mibench.prompts import chat_messages, format_prompt
 from mibench.records import Sample
