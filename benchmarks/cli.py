@@ -148,6 +148,8 @@ SUBCOMMANDS: dict[str, str] = {
     "compare": "mibench.compare:compare_main",
     "models": "mibench.models.catalog:main",
     "tables": "mibench.tables:main",
+    "show": "mibench.show:show_main",
+    "diagnose": "mibench.diagnose:diagnose_main",
 }
 
 

@@ -24,6 +24,7 @@ from mibench.records import RELEVANT_MODALITIES, Record, Sample, SampleError
 from mibench.tasks.base import Task
 
 from . import distributed, scoring
+from .audit import audits
 from .distributed import Processes, my_share
 from .errors import MibenchError
 from .prefetch import prefetched
@@ -85,6 +86,8 @@ class Scorer:
 
     score: Callable[[Sequence[Sample], object], Scores]
     prepare: Callable[[Sequence[Sample]], object] = lambda chunk: None
+    # the samples as the model was shown them, for the audit trail (an attack's base applied)
+    shown: Callable[[Sequence[Sample]], Sequence[Sample]] = lambda chunk: chunk
 
 
 def model_scorer(model: ModelAdapter) -> Scorer:
@@ -183,12 +186,13 @@ def score_conditions(model: ModelAdapter, runs: Sequence[ConditionRun], task: st
         for (run, chunk), prepared in prefetched(
                 lambda item: item[0].scorer.prepare(item[1]), todo):
             probs, lures = run.scorer.score(chunk, prepared)
+            shown, prompts = audits(run.scorer.shown(chunk), model.render)
             store.append(
-                Record(task=task, condition=run.name, sample_id=s.id,
-                       probs=tuple(float(x) for x in p), prediction=int(p.argmax()),
-                       gold=s.answer, lure=None if lure is None else int(lure))
-                for s, p, lure in zip(chunk, probs, lures, strict=True)
-            )
+                (Record(task=task, condition=run.name, sample_id=s.id,
+                        probs=tuple(float(x) for x in p), prediction=int(p.argmax()),
+                        gold=s.answer, lure=None if lure is None else int(lure), audit=audit)
+                 for s, p, lure, audit in zip(chunk, probs, lures, shown, strict=True)),
+                prompts)
             bars[run.name].update(len(chunk))
     finally:
         model.drop_reused_inputs()
@@ -276,9 +280,10 @@ def run_benchmark(
 
     failures = _unique(distributed.gather(failures, processes))
     gathered = distributed.gather(store.new, processes)
+    prompts = distributed.gather(list(store.prompts.new.items()), processes)
     if not processes.is_main:
         return None
-    store.merge(gathered)
+    store.merge(gathered, prompts)
     metrics: dict[str, dict[str, dict[str, scoring.Estimate]]] = {}
     for task_name, names in conditions.items():
         ids = {s.id for s in loaded[task_name]}  # records of ids the task no longer has
@@ -365,10 +370,12 @@ def _unique(failures: Sequence[Failure]) -> list[Failure]:
 def _attack_scorer(attack: Attack, model: ModelAdapter, seed: int, task: str) -> Scorer:
     """Scores a batch under attack, each sample seeded by its own id; probabilities and lures
     come from one application of the attack's base perturbation."""
+    def seeds(chunk: Sequence[Sample]) -> list[int]:
+        return [stable_seed(seed, task, attack.name, s.id) for s in chunk]
+
     def score(chunk: Sequence[Sample], prepared: object) -> Scores:
-        seeds = [stable_seed(seed, task, attack.name, s.id) for s in chunk]
-        return attack.score(model, chunk, seeds)
-    return Scorer(score=score)
+        return attack.score(model, chunk, seeds(chunk))
+    return Scorer(score=score, shown=lambda chunk: attack.apply_base(chunk, seeds(chunk)))
 
 
 def _check_unique_ids(samples: Sequence[Sample], task: str) -> None:

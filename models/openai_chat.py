@@ -391,6 +391,10 @@ class OpenAIChatAdapter(ModelAdapter):
             probs.append(letter_probs(generation.top_logprobs[0], sample.letters))
         return probs
 
+    def render(self, sample: Sample) -> str:
+        """The text the server is sent (its chat template is the server's own)."""
+        return format_prompt(sample, self.instruction)
+
     def prompt_length(self, sample: Sample) -> int:
         """Characters of the rendered prompt: the server tokenizes, the runner only sorts."""
         return len(format_prompt(sample, self.instruction))
