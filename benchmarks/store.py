@@ -175,10 +175,10 @@ class RecordStore:
                ) -> None:
         """Write records to this process's shard and flush them to disk before returning;
         `prompts` (digest -> rendered text) first, so no record names a prompt not on disk."""
+        self.prompts.append(prompts or {})
         new = [r for r in records if r.key not in self._records]
         if not new:
             return
-        self.prompts.append(prompts or {})
         with self.shard.open("a") as handle:
             handle.writelines(json.dumps(r.to_json()) + "\n" for r in new)
             handle.flush()

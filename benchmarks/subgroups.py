@@ -122,6 +122,8 @@ def split_run(label: str, records: dict[tuple[str, str, str], Record],
             cell = {sid: r for (t, c, sid), r in records.items()
                     if t == task and c == condition and sid in clean}
             groups = {sid: value_of(r, key) or base[sid] or MISSING for sid, r in cell.items()}
+            if set(groups.values()) <= {MISSING}:
+                continue  # a key only some conditions note (a donor): not this cell's
             names, pooled = _pooling(Counter(groups.values()), min_n)
             members: dict[str, list[str]] = {}
             for sid in sorted(cell):
