@@ -5,7 +5,7 @@ a column per dataset x condition, each cell the metric in percent with its 95% i
 "43.5 [40.1, 47.0]". The radar plot (the study's Figure 1) has one axis per column and one
 polygon per run. Input: run directories (holding metrics.json) or metrics.json files.
 
-    python scripts/render_tables.py outputs/llava7b outputs/llava7b-ft --out tables/
+    mibench tables outputs/llava7b outputs/llava7b-ft --out tables/
 """
 
 from __future__ import annotations
