@@ -272,7 +272,7 @@ SUBCOMMANDS: dict[str, str] = {
     "models": "mibench.models.catalog:main",
     "tables": "mibench.tables:main",
     "show": "mibench.show:show_main",
-    "diagnose": "mibench.diagnose:diagnose_main",
+    "diagnose": "mibench.diagnose_cli:diagnose_main",
 }
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import ListTask, image_heavy_samples, make_image, text_heavy_samples
 
-from mibench.diagnose import Settings, diagnose_main, diagnose_tasks, measure
+from mibench.diagnose import Settings, diagnose_tasks, measure
 from mibench.diagnose_across import correlate, load_diagnosed, run_across
+from mibench.diagnose_cli import diagnose_main
 from mibench.diagnostics import (
     TokenSums,
     entropy_bits,
