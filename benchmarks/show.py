@@ -19,6 +19,7 @@ from pathlib import Path
 from .audit import plain_meta, read_prompts
 from .bounded_json import read_json_file
 from .errors import MibenchError
+from .images import ImageRef
 from .records import OPTION_LETTERS, Record, Sample
 from .report import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
 from .runner import CLEAN
@@ -126,10 +127,12 @@ def _apply(condition: object, sample: Sample, seed: int, task: str) -> Sample:
 def _image_source(original: Sample, shown: Sample) -> str:
     if shown.image is None:
         return "no image"
+    # a dataset's image names where it was read (file, or row of a split)
+    where = f", from {shown.image.where}" if isinstance(shown.image, ImageRef) else ""
     if shown.image is original.image:
-        return "the sample's own image"
+        return f"the sample's own image{where}"
     if "donor" in shown.meta:
-        return f"switched: the image of sample {shown.meta['donor']!r}"
+        return f"switched: the image of sample {shown.meta['donor']!r}{where}"
     return "made by the condition"
 
 

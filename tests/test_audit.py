@@ -222,3 +222,22 @@ def test_show_names_what_exists_when_the_sample_does_not(toy_run, capsys):
     assert show_main([str(toy_run), "shapes-test-image_heavy-99"]) == 1
     err = capsys.readouterr().err
     assert "no sample 'shapes-test-image_heavy-99' in this run (8 ids, e.g." in err
+
+
+def test_show_names_where_a_dataset_image_was_read(tmp_path):
+    """A dataset's image (an ImageRef) is named by its file or row; a switched one also by
+    its donor."""
+    from mibench.images import ImageRef
+    from mibench.records import Sample
+    from mibench.show import _image_source
+
+    png = tmp_path / "cat.png"
+    Image.new("RGB", (4, 4)).save(png)
+    ref = ImageRef(fetch=lambda: png, where="task 'x': row 5 of cats.parquet")
+    own = Sample(id="s", question="What is it?", options=("cat", "dog"), answer=0,
+                 category="image_heavy", image=ref)
+    donated = dataclasses.replace(own, image=ImageRef(fetch=lambda: png, where="row 9"),
+                                  meta={"donor": "t"})
+    assert _image_source(own, own) == "the sample's own image, from task 'x': row 5 of cats.parquet"
+    assert _image_source(own, donated) == "switched: the image of sample 't', from row 9"
+    assert _image_source(own, dataclasses.replace(own, image=None)) == "no image"
