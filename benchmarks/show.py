@@ -190,15 +190,25 @@ def format_shown(shown: Sequence[Shown], prompts: dict[str, str], note: str = ""
         if item.mismatch:
             lines.append(f"WARNING: the rebuilt sample differs from the record ({item.mismatch})"
                          "; what is shown here may not be what was scored")
-        lines.append("options:")
-        for k, p in enumerate(r.probs):
-            marks = [m for m, hit in (("gold", k == r.gold), ("answer", k == r.prediction),
-                                      ("lure", k == r.lure)) if hit]
-            name = _option(item.sample, k) if item.sample is not None else OPTION_LETTERS[k]
-            bar = "#" * round(20 * p)
-            lines.append(f"  {name:<28} {p:6.3f} {bar:<20} {' '.join(marks)}".rstrip())
+        if r.generated is not None:  # scorer=generate: what the model wrote, each ask
+            lines += [f"response {i + 1}: {text!r}" for i, text in
+                      enumerate(r.generated.responses)]
+        if r.probs is None:
+            lines.append("options: no distribution (generated without log-probabilities)")
+        else:
+            lines.append("options:")
+            for k, p in enumerate(r.probs):
+                marks = [m for m, hit in (("gold", k == r.gold), ("answer", k == r.prediction),
+                                          ("lure", k == r.lure)) if hit]
+                name = _option(item.sample, k) if item.sample is not None else OPTION_LETTERS[k]
+                bar = "#" * round(20 * p)
+                lines.append(f"  {name:<28} {p:6.3f} {bar:<20} {' '.join(marks)}".rstrip())
         verdict = "correct" if r.correct else "wrong"
-        lines.append(f"answer: {OPTION_LETTERS[r.prediction]} ({verdict})")
+        if r.prediction is None:
+            failure = r.generated.failure if r.generated is not None else None
+            lines.append(f"answer: none read ({failure or 'no option'}; wrong)")
+        else:
+            lines.append(f"answer: {OPTION_LETTERS[r.prediction]} ({verdict})")
     return "\n".join(lines)
 
 

@@ -33,10 +33,10 @@ SUBMISSION_VERSION = 1
 RECORDS_FORMAT = "jsonl+gzip; canonical lines sorted by (task, condition, sample_id)"
 MAX_SUBMISSION_BYTES = 8 << 20  # the full cai2025 grid's document is well under 1 MiB
 MAX_DEPTH = 32  # submission.json: the config nests about 6 levels deep
-# one record: ids, up to 26 probabilities, a few fields, and its audit (bounded by
+# one record: ids, up to 26 probabilities, generated responses, and its audit (bounded by
 # mibench.audit: added text and metadata cut so that the line stays well under this)
 MAX_RECORD_LINE = 64 << 10
-MAX_RECORD_DEPTH = 4  # a record holds a list, and its audit's metadata may hold lists
+MAX_RECORD_DEPTH = 4  # a list, a generated answer (object, list), an audit (meta: lists)
 MAX_RECORDS_BYTES = 1 << 30  # never more than 1 GiB of decompressed records
 MAX_REPORTED = 5  # unreadable record lines listed before giving up
 
@@ -248,4 +248,13 @@ def load_submission(path: str | Path) -> Submission:
                         f"declares {document['records']['sha256']}: the records were changed")
     if problems:
         raise SubmissionError(path, problems)
-    return Submission(path, document, [Record.from_json(r) for r in rows], guarded)
+    return Submission(path, document, [_record(r, path) for r in rows], guarded)
+
+
+def _record(row: dict, path: Path) -> Record:
+    """One record of a submission; one that contradicts itself is named, not raised raw."""
+    try:
+        return Record.from_json(row)
+    except (KeyError, TypeError, ValueError) as err:
+        where = "/".join(str(row.get(k, "?")) for k in ("task", "condition", "sample_id"))
+        raise SubmissionError(path, [f"record {where}: {err}"]) from err

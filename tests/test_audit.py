@@ -241,3 +241,21 @@ def test_show_names_where_a_dataset_image_was_read(tmp_path):
     assert _image_source(own, own) == "the sample's own image, from task 'x': row 5 of cats.parquet"
     assert _image_source(own, donated) == "switched: the image of sample 't', from row 9"
     assert _image_source(own, dataclasses.replace(own, image=None)) == "no image"
+
+
+def test_show_of_a_generated_answer_prints_the_responses_and_what_was_read():
+    """scorer=generate: the responses, no distribution where none was given, and an answer
+    that names no option said as such."""
+    from mibench.records import Generated
+    from mibench.show import Shown, format_shown
+
+    audit = Audit(prompt=prompt_digest("Q?"), meta={"attribute": "shape"})
+    read = Record(task="t", condition="clean", sample_id="s", probs=None, prediction=1, gold=1,
+                  audit=audit, generated=Generated(("B",), matched="B", options=3))
+    unread = dataclasses.replace(read, condition="misleading_text", prediction=None,
+                                 generated=Generated(("um", "no idea"), failure="no_letter",
+                                                     options=3))
+    out = format_shown([Shown(read), Shown(unread)], {audit.prompt: "Q?"})
+    assert "response 1: 'B'" in out and "answer: B (correct)" in out
+    assert "response 2: 'no idea'" in out and "answer: none read (no_letter; wrong)" in out
+    assert out.count("options: no distribution (generated without log-probabilities)") == 2
