@@ -189,6 +189,7 @@ def run(cfg: DictConfig) -> dict | None:
 
     from . import distributed
     from .loggers import NullLogger
+    from .metrics_file import metrics_of
     from .plots import accuracy_bars
     from .progress import is_terminal, quiet_library_bars
     from .report import format_table, metrics_document, write_metrics
@@ -223,11 +224,11 @@ def run(cfg: DictConfig) -> dict | None:
         if fetched := model.fetch_report():  # a served model's requests and retries
             document["scoring"]["fetch"] = fetched
         path = write_metrics(document, out_dir)
-        table = format_table(document["results"], document["failed"])
+        metrics = metrics_of(document, path)
+        table = format_table(metrics.results, metrics.failed)
         (out_dir / "table.md").write_text(table + "\n")
-        if document["results"]:  # every task may have failed
-            accuracy_bars(document["results"], out_dir / "accuracy.png",
-                          model=document["model"].get("name"),
+        if metrics.results:  # every task may have failed
+            accuracy_bars(metrics.results, out_dir / "accuracy.png", model=metrics.model_name,
                           chance=chance_accuracy(read_records(out_dir / RECORDS_FILE)))
         print(table)
         print(f"\nrecords, metrics and table in {out_dir} ({path.name}); "
@@ -291,6 +292,7 @@ SUBCOMMANDS: dict[str, str] = {
     "tables": "mibench.tables:main",
     "show": "mibench.show:show_main",
     "diagnose": "mibench.diagnose_cli:diagnose_main",
+    "lures": "mibench.lures:lures_main",
 }
 
 

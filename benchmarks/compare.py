@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bounded_json import read_json_file
 from .errors import MibenchError
+from .metrics_file import METRICS_FILE, read_metrics
 from .records import Record
-from .report import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
 from .runner import CLEAN
 from .scorers import scorer_of
 from .scoring import Estimate
@@ -74,11 +73,9 @@ def load_run(path: str | Path) -> Run:
                  "prompt": doc["prompt"], "seed": doc["seed"], "scorer": scorer_of(doc)}
         label, results, records = doc["name"], doc["results"], sub.records
     elif (path / METRICS_FILE).is_file():
-        metrics = read_json_file(path / METRICS_FILE, MAX_METRICS_BYTES, MAX_METRICS_DEPTH,
-                                 strict=False)
-        setup = {**{k: metrics[k] for k in ("tasks", "conditions", "prompt", "seed")},
-                 "scorer": scorer_of(metrics)}
-        label, results = metrics["model"].get("name") or path.name, metrics["results"]
+        metrics = read_metrics(path)
+        setup = {**metrics.setup, "scorer": scorer_of(metrics.document)}
+        label, results = metrics.model_name or path.name, metrics.results
         records = [Record.from_json(r) for r in read_records_jsonl(path / RECORDS_FILE)]
     else:
         raise FileNotFoundError(f"{path}: neither a run directory ({METRICS_FILE} + "

@@ -60,7 +60,7 @@ TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
     "templates": frozenset({"option"}),
 }
 # Paths on the validating machine are the validator's choice, never the submitter's.
-MACHINE_PATHS = ("data_dir", "image_dir")
+MACHINE_PATHS = ("data_dir", "image_dir", "cache_dir")
 # Plug-ins that a nested key takes beyond what the shipped YAMLs nest there. Deliberately
 # none: GeneratedFacts (an LLM writes the misleading facts) would make the validator load
 # whatever hub model the submission names, of any size.

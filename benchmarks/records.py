@@ -16,6 +16,7 @@ Category = Literal["image_heavy", "text_heavy", "vqa"]
 Modality = Literal["text", "image"]
 CATEGORIES: tuple[str, ...] = ("image_heavy", "text_heavy", "vqa")
 OPTION_LETTERS = string.ascii_uppercase
+CLEAN = "clean"  # the condition every other is measured against: nothing perturbed
 
 # The modality a category's answer must come from; perturbing it would change the right answer.
 RELEVANT_MODALITIES: dict[str, frozenset[str]] = {

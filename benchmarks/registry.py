@@ -69,7 +69,7 @@ def _with_bases(document: dict) -> dict:
             base = entry.removesuffix("@_here_").strip("/")
             merged.update(yaml.safe_load(
                 resources.files("mibench.conf").joinpath(f"{base}.yaml").read_text()) or {})
-    return {**merged, **{k: v for k, v in document.items() if k != "defaults"}}
+    return {**merged, **document}
 
 
 def _nested_targets(node: Any, owner: str | None, into: dict[str, set[str]]) -> None:

@@ -11,14 +11,10 @@ from typing import Any
 from mibench import __version__
 
 from .atomic import write_text_atomic
+from .metrics_file import METRICS_FILE
 from .runner import CLEAN, BenchmarkResult
 
 SCHEMA_VERSION = 1
-METRICS_FILE = "metrics.json"
-# Bounds for reading a metrics.json that may come from elsewhere (compare, tables): the full
-# cai2025 grid's is well under 1 MiB and nests about 8 levels.
-MAX_METRICS_BYTES = 64 << 20
-MAX_METRICS_DEPTH = 64
 
 
 def git_sha() -> str | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mibench.models.base import ModelAdapter
 from mibench.perturbations.base import Attack, Perturbation
-from mibench.records import RELEVANT_MODALITIES, Record, Sample, SampleError
+from mibench.records import CLEAN, RELEVANT_MODALITIES, Record, Sample, SampleError
 from mibench.tasks.base import Task
 
 from . import distributed, scoring
@@ -32,7 +32,6 @@ from .store import RecordStore, check_fingerprint
 
 log = logging.getLogger(__name__)
 
-CLEAN = "clean"
 # Bumped whenever `batch_plan` or the grouping of conditions into plans changes: a directory
 # begun under another plan is refused rather than resumed with different batches.
 BATCH_PLAN_VERSION = 2

@@ -20,9 +20,8 @@ from .audit import plain_meta, read_prompts
 from .bounded_json import read_json_file
 from .errors import MibenchError
 from .images import ImageRef
-from .records import OPTION_LETTERS, Record, Sample
-from .report import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
-from .runner import CLEAN
+from .metrics_file import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
+from .records import CLEAN, OPTION_LETTERS, Record, Sample
 from .seeding import rng_for, stable_seed
 from .store import RECORDS_FILE, SHARDS_DIR, read_records
 

@@ -18,9 +18,8 @@ from pathlib import Path
 
 from . import scoring
 from .atomic import write_text_atomic
-from .records import Record
+from .records import CLEAN, Record
 from .report import format_estimate
-from .runner import CLEAN
 
 OTHER = "other"
 MISSING = "(missing)"

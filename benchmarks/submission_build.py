@@ -7,13 +7,13 @@ longer matches that digest is refused: its records are of other weights.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from .digests import checkpoint_digest
+from .metrics_file import METRICS_FILE, read_metrics
 from .provenance import hub_id, public_config, public_model
-from .report import METRICS_FILE, config_hash
+from .report import config_hash
 from .scorers import scorer_of
 from .store import RECORDS_FILE
 from .submission_io import (
@@ -73,16 +73,15 @@ def build_submission(run_dir: str | Path, name: str | None = None) -> tuple[dict
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path}: missing; `mibench submit` needs a finished "
                                 "run directory (records.jsonl + metrics.json)")
-    metrics = json.loads(metrics_path.read_text())  # our own file: NaN allowed, made null below
+    metrics = read_metrics(metrics_path)  # NaN (an undefined interval) is made null below
     rows = read_records_jsonl(run_dir / RECORDS_FILE)
-    model = metrics["model"]
+    model = metrics.model
     weights = recorded_weights(model, str(metrics_path))
-    config = public_config(metrics.get("config") or {})
+    config = public_config(metrics.config)
     _, conditions = build_plugins_from_config(config, str(metrics_path))
     info = public_model(model)
-    fingerprint = {"model": info, "tasks": metrics["tasks"], "conditions": metrics["conditions"],
-                   "prompt": metrics["prompt"], "seed": metrics["seed"],
-                   "scorer": scorer_of(metrics)}
+    scorer = scorer_of(metrics.document)
+    fingerprint = {"model": info, **metrics.setup, "scorer": scorer}
     document = {
         "submission_version": SUBMISSION_VERSION,
         "name": _safe_name(name or model.get("name") or "model"),
@@ -95,22 +94,23 @@ def build_submission(run_dir: str | Path, name: str | None = None) -> tuple[dict
             "weights_sha256": weights,
             "info": info,
         },
-        "suite": {"version": metrics["suite_version"], "git_sha": metrics.get("git_sha"),
-                  "metrics_schema_version": metrics["schema_version"]},
-        "seed": metrics["seed"],
+        "suite": {"version": metrics.document["suite_version"],
+                  "git_sha": metrics.document.get("git_sha"),
+                  "metrics_schema_version": metrics.document["schema_version"]},
+        "seed": metrics.seed,
         "config": config,
         "config_hash": config_hash(fingerprint),
         "benchmark": {
             "name": (config.get("grid") or {}).get("name"),
-            "key": benchmark_key(metrics["tasks"], metrics["conditions"], metrics["prompt"],
-                                 metrics["seed"]),
+            "key": benchmark_key(metrics.tasks, metrics.conditions, metrics.prompt,
+                                 metrics.seed),
         },
-        "tasks": metrics["tasks"],
-        "threat_models": metrics["conditions"],
+        "tasks": metrics.tasks,
+        "threat_models": metrics.conditions,
         "condition_kinds": {n: kind_of(c) for n, c in conditions.items()},
-        "prompt": metrics["prompt"],
-        "scorer": scorer_of(metrics),
-        "results": metrics["results"],
+        "prompt": metrics.prompt,
+        "scorer": scorer,
+        "results": metrics.results,
         "records": {"file": RECORDS_GZ, "format": RECORDS_FORMAT, "count": len(rows),
                     "sha256": records_digest(rows)},
     }

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bounded_json import read_json_file
 from .errors import MibenchError
-from .report import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE, format_estimate
+from .metrics_file import RunMetrics, read_metrics
+from .report import format_estimate
 from .subgroups import MIN_N, SubgroupError, write_split
 
 CATEGORY_TITLES = {"image_heavy": "Image-heavy", "text_heavy": "Text-heavy", "vqa": "VQA"}
@@ -31,14 +31,17 @@ class TablesInputError(MibenchError, ValueError):
 
 @dataclass(frozen=True)
 class Run:
-    """One metrics.json and the name its row gets."""
+    """One run's metrics and the name its row gets."""
 
     label: str
-    document: dict
-    source: Path
+    metrics: RunMetrics
+
+    @property
+    def document(self) -> dict:
+        return self.metrics.document
 
     def category(self, task: str) -> str:
-        return self.document.get("tasks", {}).get(task, {}).get("category", "other")
+        return self.metrics.category(task)
 
 
 def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[Run]:
@@ -46,26 +49,16 @@ def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) 
 
     Two runs of the same model name get their directory name appended, so rows stay apart.
     """
-    found = []
-    for raw in paths:
-        path = Path(raw)
-        file = path / METRICS_FILE if path.is_dir() else path
-        if not file.is_file():
-            raise TablesInputError(f"no {METRICS_FILE} at {file} (give a run directory or "
-                                   "the metrics.json file)")
-        document = read_json_file(file, MAX_METRICS_BYTES, MAX_METRICS_DEPTH, strict=False)
-        if "results" not in document:
-            raise TablesInputError(f"{file} has no 'results': is it a mibench metrics.json?")
-        found.append((file, document))
+    found = [read_metrics(path) for path in paths]
     if labels is not None and len(labels) != len(found):
         raise TablesInputError(f"{len(labels)} labels for {len(found)} runs")
     names = list(labels) if labels is not None else [
-        str(d.get("model", {}).get("name") or f.parent.name) for f, d in found]
+        str(m.model_name or m.source.parent.name) for m in found]
     runs = []
-    for (file, document), name in zip(found, names):
+    for metrics, name in zip(found, names):
         if labels is None and names.count(name) > 1:
-            name = f"{name} ({file.parent.name})"
-        runs.append(Run(name, document, file))
+            name = f"{name} ({metrics.source.parent.name})"
+        runs.append(Run(name, metrics))
     return runs
 
 
@@ -73,10 +66,8 @@ def columns(runs: Sequence[Run], category: str | None = None) -> list[tuple[str,
     """(task, condition) pairs in the order the runs first list them, clean first per task."""
     seen: dict[tuple[str, str], None] = {}
     for run in runs:
-        for task, conditions in run.document["results"].items():
-            if category is not None and run.category(task) != category:
-                continue
-            for condition in sorted(conditions, key=lambda c: c != "clean"):
+        for task, condition in run.metrics.cells():
+            if category is None or run.category(task) == category:
                 seen.setdefault((task, condition), None)
     return list(seen)
 
@@ -87,7 +78,7 @@ def format_cell(estimate: dict | None, metric: str = "accuracy") -> str:
 
 
 def lookup(run: Run, task: str, condition: str, metric: str) -> dict | None:
-    return run.document["results"].get(task, {}).get(condition, {}).get(metric)
+    return run.metrics.estimate(task, condition, metric)
 
 
 def category_table(runs: Sequence[Run], category: str, metric: str = "accuracy") -> str:
@@ -106,7 +97,7 @@ def category_table(runs: Sequence[Run], category: str, metric: str = "accuracy")
 def render_tables(runs: Sequence[Run], metric: str = "accuracy") -> str:
     """All category tables, each under a heading, in the study's order."""
     categories = [c for c in CATEGORY_TITLES if columns(runs, c)]
-    others = sorted({r.category(t) for r in runs for t in r.document["results"]}
+    others = sorted({r.category(t) for r in runs for t in r.metrics.results}
                     - set(CATEGORY_TITLES))
     unit = "%, 95% CI" if metric in PERCENT_METRICS else "95% CI"
     parts = []

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .atomic import write_text_atomic
 from .compare import compare_runs, format_report, load_run
+from .metrics_file import metrics_of
 from .provenance import hub_id, shown_path
 from .runner import CLEAN
 
@@ -63,7 +64,8 @@ def evaluate_before_after(cfg: DictConfig, eval_root: Path, out_dir: Path) -> di
     print(f"\n{report}", flush=True)
     return {
         "dirs": {"base": str(eval_root / "base"), "trained": str(eval_root / "trained")},
-        "base": documents["base"]["results"], "trained": documents["trained"]["results"],
+        "base": metrics_of(documents["base"]).results,
+        "trained": metrics_of(documents["trained"]).results,
         "compare": [{"task": t.task, "condition": t.condition, "metric": t.metric, "n": t.n,
                      "a": t.a, "b": t.b, "difference": t.difference.to_json(),
                      "b_count": t.mcnemar.b, "c_count": t.mcnemar.c,

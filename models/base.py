@@ -246,6 +246,13 @@ class DifferentiableAdapter(ModelAdapter):
     def pixel_layout(self, inputs: Inputs) -> PixelLayout:
         """The family's pixel layout for this batch (one image per sample)."""
 
+    def image_features(self, inputs: Inputs, *, pixels: Tensor | None = None) -> Tensor:
+        """(B, N, H): the vision tower and projector's output for the batch's images (one
+        image per sample; `pixels` replaces the batch's pixel tensor): what the language
+        model is given at the image positions, without running it. Families that cannot
+        give it raise WhiteBoxError (the default)."""
+        raise WhiteBoxError(f"{type(self).__name__} does not expose its image features")
+
     @abstractmethod
     def option_token_ids(self, count: int) -> tuple[int, ...]:
         """The vocabulary ids of the first `count` option letters, as the model emits them."""

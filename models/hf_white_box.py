@@ -14,6 +14,7 @@ A family that differs overrides these methods in its own module (models/<family>
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -207,6 +208,34 @@ class HFWhiteBox(DifferentiableAdapter):
                         state_dict: dict | None = None) -> None:
         network.save_pretrained(directory, state_dict=state_dict)
         self.processor.save_pretrained(directory)
+
+    def image_features(self, inputs: Inputs, *, pixels: Tensor | None = None) -> Tensor:
+        """The model's own `get_image_features` (vision tower, feature selection, projector)
+        on the batch's image inputs; one (N, H) block per image, stacked."""
+        owner = type(self.model).__name__
+        encoder = getattr(self.model, "get_image_features", None)
+        if encoder is None:
+            raise WhiteBoxError(f"{owner} has no get_image_features; its image features "
+                                "cannot be reached apart from the language model")
+        batch = dict(inputs)
+        if pixels is not None:
+            batch[self.pixel_key] = pixels
+        if self.pixel_key not in batch:
+            raise WhiteBoxError(f"{owner}: the batch has no {self.pixel_key!r}; is there an "
+                                "image?")
+        wanted = inspect.signature(encoder).parameters
+        out = encoder(**{k: v for k, v in batch.items() if k in wanted}, return_dict=True)
+        features = getattr(out, "pooler_output", out)
+        if isinstance(features, (list, tuple)):
+            if len({tuple(f.shape) for f in features}) != 1:
+                raise WhiteBoxError(f"{owner}: its images give different numbers of features; "
+                                    "they cannot be stacked one row per sample")
+            features = torch.stack(list(features))
+        if features.ndim != 3 or features.shape[0] != inputs["input_ids"].shape[0]:
+            raise WhiteBoxError(f"{owner}: image features of shape {tuple(features.shape)} "
+                                f"for {inputs['input_ids'].shape[0]} samples; need one "
+                                "(N, H) block per sample")
+        return features if features.dtype == torch.float64 else features.float()
 
     def pixel_layout(self, inputs: Inputs) -> PixelLayout:
         return ProcessorPixelLayout(getattr(self.processor, "image_processor", None), inputs,

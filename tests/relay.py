@@ -4,7 +4,8 @@ It forwards every POST to the upstream server unchanged (headers included) and r
 answer, unless a fault is queued for that request: an HTTP status (429, 503, ...) answered
 by the relay itself, "drop" (the connection closed with no answer, as a dying server does),
 "stall" (no answer for `stall_s` seconds, then dropped), or "echo_key" (a 401 that quotes
-the Authorization header back, as hosted APIs do).
+the Authorization header back, as hosted APIs do). `rewrite` may change the upstream's
+successful answers, to add what another server would (vLLM's log-probabilities).
 If the upstream cannot be reached, the connection is dropped the same way.
 """
 
@@ -29,6 +30,8 @@ class Relay:
         self.authorizations: list[str | None] = []
         self.in_flight = self.max_in_flight = 0
         self.after_forward: Callable[[int], None] | None = None
+        # changes the upstream's successful JSON answers (adds what another server would)
+        self.rewrite: Callable[[dict], dict] | None = None
         self.barrier: threading.Barrier | None = None  # hold requests until N are in flight
         self.stall_s = 10.0
         self.lock = threading.Lock()
@@ -82,6 +85,8 @@ class Relay:
                 count = self.forwarded
             if self.after_forward is not None:  # before the client hears back: no race
                 self.after_forward(count)
+            if self.rewrite is not None and 200 <= status < 300:
+                answer = json.dumps(self.rewrite(json.loads(answer))).encode()
             self.reply(request, status, answer)
         finally:
             with self.lock:

@@ -154,7 +154,7 @@ def test_likelihood_records_keep_their_json_and_generated_ones_round_trip():
     assert row["generated"] == {"responses": ["I think", "B"], "retries": 1,
                                 "failure": "not_an_option", "matched": "E", "options": 4}
     assert Record.from_json(json.loads(json.dumps(row))) == answer
-    with pytest.raises(ValueError, match="retries 3 but 2 responses"):
+    with pytest.raises(ValueError, match="3 retries but 2 responses"):
         Record.from_json({**row, "generated": {**row["generated"], "retries": 3}})
 
 

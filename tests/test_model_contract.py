@@ -69,8 +69,8 @@ class ChannelsLastLlava(HFModelAdapter):
 
     reuses_image_features = False  # its image encoder would need the pixels turned back
 
-    def _encode_images(self, samples, add_special_tokens):
-        encoding = super()._encode_images(samples, add_special_tokens)
+    def _encode_images(self, samples, add_special_tokens, suffix=""):
+        encoding = super()._encode_images(samples, add_special_tokens, suffix)
         encoding["pixel_values"] = encoding["pixel_values"].permute(0, 2, 3, 1).contiguous()
         return encoding
 

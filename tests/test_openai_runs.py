@@ -10,6 +10,7 @@ A relay (tests/relay.py) between adapter and server counts requests and injects 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -76,6 +77,44 @@ def test_served_and_local_generation_agree(toy_server, tmp_path):
                             "model.timeout_s=30", "model.max_retries=0",
                             f"out_dir={tmp_path / 'served'}"))
     assert again["results"] == remote["results"]
+
+
+def with_logprobs(body: dict) -> dict:
+    """The answer as vLLM would give it: the first token's top alternatives beside the text
+    (`transformers serve` gives none). The token answered has 0.7, the other letters share
+    the rest unevenly, so the option distributions differ from sample to sample."""
+    choice = body["choices"][0]
+    first = (choice["message"]["content"] or " ").split()[0] if (
+        choice["message"]["content"] or "").strip() else "?"
+    others = [letter for letter in "ABCDEF" if letter != first]
+    weights = [(i + 1 + len(first)) % 5 + 1 for i in range(len(others))]
+    top = [{"token": first, "logprob": math.log(0.7)}] + [
+        {"token": letter, "logprob": math.log(0.3 * w / sum(weights))}
+        for letter, w in zip(others, weights)]
+    choice["logprobs"] = {"content": [{"token": first, "logprob": top[0]["logprob"],
+                                       "top_logprobs": top}]}
+    return body
+
+
+def test_a_server_giving_logprobs_gets_js_divergence(toy_server, tmp_path):
+    """Where the server returns top log-probabilities, the options are scored from them: the
+    records hold distributions and metrics.json gives JS divergence, omitting nothing."""
+    cell = ["task=toy_image_heavy", "task.n=6", "perturbation=misleading_text",
+            "scorer=generate", f"scorer.max_new_tokens={MAX_NEW_TOKENS}", "progress=false"]
+    with Relay(f"http://127.0.0.1:{toy_server.port}") as relay:
+        relay.rewrite = with_logprobs
+        result = run(compose_cfg(*served(toy_server, relay.base_url), *cell,
+                                 f"out_dir={tmp_path}"))
+    assert result["model"]["logprobs"]["available"] is True
+    assert "omitted_metrics" not in result
+    js = result["results"]["toy_image_heavy"]["misleading_text"]["js_divergence"]
+    rows = records_of(tmp_path).values()
+    assert len(rows) == 12 and all(r["probs"] is not None for r in rows)
+    for row in rows:  # the letter answered is the most likely option
+        if row["prediction"] is not None:
+            assert max(range(len(row["probs"])), key=row["probs"].__getitem__) == \
+                row["prediction"]
+    assert js["value"] > 0
 
 
 def test_the_run_directory_is_named_by_the_served_model_not_by_fetch_settings(toy_server):

@@ -42,6 +42,9 @@ SKIP_RULES: tuple[tuple[str, str], ...] = (
     (r"logger\.mode=online", "needs W&B over the network (offline mode: tests/test_cli.py)"),
     (r"facts\.model=", "a fact-writing LLM from the hub"),
     (r"model\.path=(?![/.])\S*/", "a checkpoint from the hub"),
+    (r"^export \w+=", "sets a variable (an API key) for the commands after it"),
+    (r"^vllm serve", "serves a model on GPUs; tests/test_openai_runs.py serves the toy with "
+                     "transformers serve"),
     (r"model=openai\b", "a served model: tests/test_openai_runs.py runs model=openai against "
                         "transformers serve on 127.0.0.1"),
     (r"model=(?!hf\b|toy_llava\b|toy_llava_mitigated\b)\w+", "a checkpoint from the hub"),
@@ -131,8 +134,11 @@ def test_readme_commands_run_offline(tmp_path):
     a, b = runs.get("mibench"), runs.get("mibench model=toy_llava_mitigated")
     assert a and b, "the README's default run and the mitigated model's feed compare and submit"
 
+    lure_run = runs.get("mibench task=toy_text_heavy perturbation=inverted_lure")
+    assert lure_run, "the README's inverted_lure run feeds `mibench lures`"
     # runs/llava7b(-ft) are cai2025 runs of hub checkpoints: the two toy runs stand in
     values = {"outputs/<run>": a, "outputs/<run_a>": a, "outputs/<run_b>": b,
+              "outputs/<lure_run>": lure_run,
               "runs/llava7b": a, "runs/llava7b-ft": b, "DIR": tmp_path / "submission",
               "DIR/submission.json": tmp_path / "submission" / "submission.json",
               "NAME": "readme_example"}

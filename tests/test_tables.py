@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from mibench import scoring
+from mibench.metrics_file import MetricsFileError
 from mibench.records import Record
 from mibench.report import metrics_document, write_metrics
 from mibench.runner import BenchmarkResult
@@ -131,8 +132,17 @@ def test_cli_writes_markdown_and_a_radar_png(two_runs, tmp_path, capsys):
 
 
 def test_bad_inputs_name_the_file(tmp_path):
-    with pytest.raises(TablesInputError, match="no metrics.json"):
+    with pytest.raises(MetricsFileError, match="no metrics.json"):
         load_runs([tmp_path])
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(ValueError, match="x.json has no 'results'"):
+    with pytest.raises(MetricsFileError, match="x.json has no 'results'"):
         load_runs([tmp_path / "x.json"])
+    (tmp_path / "y.json").write_text('{"results": {"t": {"clean": {"accuracy": 0.5}}}}')
+    with pytest.raises(MetricsFileError, match=r"y.json: results.t.clean is not an object of"):
+        load_runs([tmp_path / "y.json"])
+    (tmp_path / "z.json").write_text("[" * 100 + "]" * 100)
+    with pytest.raises(MetricsFileError, match="z.json"):
+        load_runs([tmp_path / "z.json"])
+    (tmp_path / "w.json").write_text('{"results": {}}')
+    with pytest.raises(TablesInputError, match="2 labels for 1 runs"):
+        load_runs([tmp_path / "w.json"], labels=["a", "b"])
