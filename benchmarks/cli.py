@@ -290,6 +290,8 @@ SUBCOMMANDS: dict[str, str] = {
     "compare": "mibench.compare:compare_main",
     "models": "mibench.models.catalog:main",
     "tables": "mibench.tables:main",
+    "show": "mibench.show:show_main",
+    "diagnose": "mibench.diagnose_cli:diagnose_main",
     "lures": "mibench.lures:lures_main",
 }
 

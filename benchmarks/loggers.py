@@ -24,6 +24,9 @@ class NullLogger:
     def log_scalars(self, step: int, values: dict[str, float]) -> None:
         pass
 
+    def log_diagnostics(self, values: dict[str, float], figures: list[Path]) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -98,6 +101,15 @@ class WandbLogger:
     def log_scalars(self, step: int, values: dict[str, float]) -> None:
         """Training curves: loss terms, learning rate, throughput."""
         self._run.log(values, step=step)
+
+    def log_diagnostics(self, values: dict[str, float], figures: list[Path]) -> None:
+        """`mibench diagnose`: diagnostics (or correlations) with their intervals, and plots."""
+        import wandb
+
+        self._run.log(values)
+        self._run.summary.update(values)
+        for figure in figures:
+            self._run.log({f"plots/{Path(figure).stem}": wandb.Image(str(figure))})
 
     def finish(self) -> None:
         if self._run is not None:

@@ -133,6 +133,30 @@ class Generated:
 
 
 @dataclass(frozen=True, slots=True)
+class Audit:
+    """What a sample was shown as, kept with its record so a result can be opened and split.
+
+    `prompt` is the sha256 of the rendered prompt (its text is in the run's prompts.jsonl,
+    once per distinct prompt, so records stay small); `distractor` the text a perturbation
+    added ("" if none); `meta` the sample's metadata as shown (dataset columns such as MMLU's
+    subject, the toy's attribute, and what a perturbation noted: `lure`, a switched image's
+    `donor` sample id).
+    """
+
+    prompt: str
+    distractor: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "distractor": self.distractor, "meta": dict(self.meta)}
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> Audit:
+        return cls(prompt=str(row["prompt"]), distractor=str(row.get("distractor", "")),
+                   meta=dict(row.get("meta") or {}))
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """The scored answer to one sample under one condition: one line of records.jsonl.
 
@@ -150,6 +174,8 @@ class Record:
     lure: int | None = None  # the wrong option a perturbation points to, if it points to one
     # -- generation (scorer=generate); absent from a likelihood record's JSON --
     generated: Generated | None = None
+    # -- what was shown (optional: records written before it existed have none) --
+    audit: Audit | None = None
 
     @property
     def correct(self) -> bool:
@@ -175,6 +201,8 @@ class Record:
             "gold": self.gold,
             "correct": self.correct,
             "lure": self.lure,
+            # only when known, so records without one keep their exact old bytes
+            **({} if self.audit is None else {"audit": self.audit.to_json()}),
         }
         if self.generated is not None:
             row["generated"] = self.generated.to_json()
@@ -192,4 +220,5 @@ class Record:
             gold=int(row["gold"]),
             lure=None if row.get("lure") is None else int(row["lure"]),
             generated=None if generated is None else Generated.from_json(generated),
+            audit=None if row.get("audit") is None else Audit.from_json(row["audit"]),
         )

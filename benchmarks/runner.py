@@ -21,6 +21,7 @@ from mibench.records import CLEAN, RELEVANT_MODALITIES, Record, Sample, SampleEr
 from mibench.tasks.base import Task
 
 from . import distributed, scoring
+from .audit import audits
 from .distributed import Processes, my_share
 from .errors import MibenchError
 from .prefetch import prefetched
@@ -161,12 +162,13 @@ def score_conditions(model: ModelAdapter, runs: Sequence[ConditionRun], task: st
         for (run, chunk), prepared in prefetched(
                 lambda item: item[0].scorer.prepare(item[1]), todo):
             scored = run.scorer.score(chunk, prepared)
+            shown, prompts = audits(run.scorer.shown(chunk), model.render)
             store.append(
-                Record(task=task, condition=run.name, sample_id=s.id, probs=o.probs,
-                       prediction=o.prediction, gold=s.answer, lure=o.lure,
-                       generated=o.generated)
-                for s, o in zip(chunk, scored, strict=True)
-            )
+                (Record(task=task, condition=run.name, sample_id=s.id, probs=o.probs,
+                        prediction=o.prediction, gold=s.answer, lure=o.lure,
+                        generated=o.generated, audit=audit)
+                 for s, o, audit in zip(chunk, scored, shown, strict=True)),
+                prompts)
             bar.update(len(chunk))
     finally:
         model.drop_reused_inputs()
@@ -258,9 +260,10 @@ def run_benchmark(
 
     failures = _unique(distributed.gather(failures, processes))
     gathered = distributed.gather(store.new, processes)
+    prompts = distributed.gather(list(store.prompts.new.items()), processes)
     if not processes.is_main:
         return None
-    store.merge(gathered)
+    store.merge(gathered, prompts)
     metrics: dict[str, dict[str, dict[str, scoring.Estimate]]] = {}
     for task_name, names in conditions.items():
         ids = {s.id for s in loaded[task_name]}  # records of ids the task no longer has

@@ -55,6 +55,8 @@ class Scorer:
 
     score: Callable[[Sequence[Sample], object], list[Scored]]
     prepare: Callable[[Sequence[Sample]], object] = lambda chunk: None
+    # the samples as the model was shown them, for the audit trail (an attack's base applied)
+    shown: Callable[[Sequence[Sample]], Sequence[Sample]] = lambda chunk: chunk
 
 
 def from_probs(probs: Sequence[np.ndarray], lures: Sequence[int | None]) -> list[Scored]:
@@ -103,10 +105,12 @@ class LikelihoodScorer(AnswerScorer):
     def for_attack(self, attack: Attack, model: ModelAdapter, seed: int, task: str) -> Scorer:
         """Each sample attacked with a seed of its own id; probabilities and lures from one
         application of the attack's base perturbation."""
+        def seeds(chunk: Sequence[Sample]) -> list[int]:
+            return [stable_seed(seed, task, attack.name, s.id) for s in chunk]
+
         def score(chunk: Sequence[Sample], prepared: object) -> list[Scored]:
-            seeds = [stable_seed(seed, task, attack.name, s.id) for s in chunk]
-            return from_probs(*attack.score(model, chunk, seeds))
-        return Scorer(score=score)
+            return from_probs(*attack.score(model, chunk, seeds(chunk)))
+        return Scorer(score=score, shown=lambda chunk: attack.apply_base(chunk, seeds(chunk)))
 
     def describe(self) -> dict:
         return {"name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}"}

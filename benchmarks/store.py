@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .atomic import write_text_atomic
+from .audit import PromptLog
 from .errors import MibenchError
 from .records import Record
 
@@ -158,6 +159,7 @@ class RecordStore:
         self.shard.parent.mkdir(parents=True, exist_ok=True)
         self._records: dict[tuple[str, str, str], Record] = {}
         self.new: list[Record] = []  # computed by this process in this run
+        self.prompts = PromptLog(self.out_dir, rank)  # the texts the records' audits name
         self._add(read_records(self.out_dir / RECORDS_FILE))
         for shard in sorted(self.shard.parent.glob("rank-*.jsonl")):
             self._add(read_records(shard, repair=shard == self.shard))
@@ -169,8 +171,11 @@ class RecordStore:
     def __contains__(self, key: tuple[str, str, str]) -> bool:
         return key in self._records
 
-    def append(self, records: Iterable[Record]) -> None:
-        """Write records to this process's shard and flush them to disk before returning."""
+    def append(self, records: Iterable[Record], prompts: Mapping[str, str] | None = None
+               ) -> None:
+        """Write records to this process's shard and flush them to disk before returning;
+        `prompts` (digest -> rendered text) first, so no record names a prompt not on disk."""
+        self.prompts.append(prompts or {})
         new = [r for r in records if r.key not in self._records]
         if not new:
             return
@@ -181,8 +186,11 @@ class RecordStore:
         self._add(new)
         self.new.extend(new)
 
-    def merge(self, records: Iterable[Record]) -> Path:
-        """Main process: add other processes' records, write records.jsonl, drop the shards."""
+    def merge(self, records: Iterable[Record], prompts: Iterable[tuple[str, str]] = ()
+              ) -> Path:
+        """Main process: add other processes' records (and prompts), write records.jsonl
+        (and prompts.jsonl), drop the shards."""
+        self.prompts.merge(prompts)
         self._add(records)
         path = self.out_dir / RECORDS_FILE
         tmp = path.with_suffix(".jsonl.tmp")

@@ -33,8 +33,10 @@ SUBMISSION_VERSION = 1
 RECORDS_FORMAT = "jsonl+gzip; canonical lines sorted by (task, condition, sample_id)"
 MAX_SUBMISSION_BYTES = 8 << 20  # the full cai2025 grid's document is well under 1 MiB
 MAX_DEPTH = 32  # submission.json: the config nests about 6 levels deep
-MAX_RECORD_LINE = 64 << 10  # one record: ids, up to 26 probabilities, generated responses
-MAX_RECORD_DEPTH = 3  # a record is an object holding a list and a generated answer's object
+# one record: ids, up to 26 probabilities, generated responses, and its audit (bounded by
+# mibench.audit: added text and metadata cut so that the line stays well under this)
+MAX_RECORD_LINE = 64 << 10
+MAX_RECORD_DEPTH = 4  # a list, a generated answer (object, list), an audit (meta: lists)
 MAX_RECORDS_BYTES = 1 << 30  # never more than 1 GiB of decompressed records
 MAX_REPORTED = 5  # unreadable record lines listed before giving up
 

@@ -11,6 +11,7 @@ polygon per run. Input: run directories (holding metrics.json) or metrics.json f
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from .errors import MibenchError
 from .metrics_file import RunMetrics, read_metrics
 from .report import format_estimate
+from .subgroups import MIN_N, SubgroupError, write_split
 
 CATEGORY_TITLES = {"image_heavy": "Image-heavy", "text_heavy": "Text-heavy", "vqa": "VQA"}
 PERCENT_METRICS = {"accuracy", "drop", "flip_rate", "harm_rate", "lure_rate"}
@@ -148,7 +150,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         choices=sorted(PERCENT_METRICS | {"js_divergence"}))
     parser.add_argument("--labels", nargs="+", help="row names, one per run (default: model)")
     parser.add_argument("--no-radar", action="store_true", help="skip the radar plot")
+    parser.add_argument("--by", metavar="meta.KEY",
+                        help="every metric per subgroup of samples (a metadata key of the "
+                             "records, e.g. meta.subject), from the runs' records")
+    parser.add_argument("--min-n", type=int, default=MIN_N,
+                        help=f"with --by: subgroups under this many samples are pooled into "
+                             f"'other' (default {MIN_N})")
     args = parser.parse_args(argv)
+    if args.by:
+        try:
+            text, written = write_split(args.runs, args.by, Path(args.out), args.min_n,
+                                        args.metric, args.labels)
+        except (SubgroupError, FileNotFoundError) as err:
+            print(f"mibench tables: {err}", file=sys.stderr)
+            return 1
+        print(text)
+        print(f"subgroups in {', '.join(str(p) for p in written)}")
+        return 0
     runs = load_runs(args.runs, args.labels)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from mibench.errors import MibenchError
+from mibench.prompts import format_prompt
 from mibench.records import Sample
 
 from .generation import Generation
@@ -84,6 +85,12 @@ class ModelAdapter(ABC):
         one plan, with the same weights; the runner calls this when a plan is done.
         """
         return None
+
+    def render(self, sample: Sample) -> str:
+        """The prompt text as the model is shown it (chat template included where the adapter
+        applies one): its digest goes into each record's audit trail. The default is the
+        suite's question block, for adapters that send it as is."""
+        return format_prompt(sample)
 
     @abstractmethod
     def prompt_length(self, sample: Sample) -> int:
@@ -214,6 +221,14 @@ class DifferentiableAdapter(ModelAdapter):
         """The batch with its language model's input sequence, captured from a clean pass
         (no gradients); `answer_logits(embedded, embeds=embedded.embeds)` gives that pass's
         logits again."""
+
+    @abstractmethod
+    def hidden_states(self, inputs: Inputs, *, layer: int) -> Tensor:
+        """(B, T, H) the language model's hidden states after `layer` of its layers, from one
+        clean pass without gradients, at the positions of `embed`'s sequence: layer 0 is that
+        input sequence (`Embedded.embeds`), layer L (the last; -1) its output as the family
+        reports it; negative layers count from the end. Float32 (float64 for a float64
+        network). A layer out of range raises WhiteBoxError naming the count."""
 
     @abstractmethod
     def image_positions(self, inputs: Inputs) -> Tensor:

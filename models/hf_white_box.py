@@ -98,6 +98,26 @@ class HFWhiteBox(DifferentiableAdapter):
                 embedded, replay=dataclasses.replace(replay, mode=self._replay_mode))
         return embedded
 
+    def hidden_states(self, inputs: Inputs, *, layer: int) -> Tensor:
+        """The decoder is asked for its hidden states (`output_hidden_states`) in a clean
+        pass; transformers reports the last one after the final norm."""
+        owner = type(self.model).__name__
+        store: dict[str, tuple] = {}
+        decoder = self._decoder()
+        with _pre_hooks(decoder, [_asking_states]), _keeping_states(decoder, store, owner), \
+                torch.no_grad():
+            self.answer_logits(inputs)
+        states = store.get("hidden_states")
+        if not states:
+            raise WhiteBoxError(f"{owner}: its language model returned no hidden states")
+        count = len(states) - 1
+        if not -count - 1 <= layer <= count:
+            raise WhiteBoxError(f"{owner}: no layer {layer}; its language model has {count} "
+                                f"layers (0 = its input sequence ... {count} = its output; "
+                                "negative counts from the end)")
+        chosen = states[layer]
+        return chosen if chosen.dtype == torch.float64 else chosen.float()
+
     def _choose_replay(self, embedded: Embedded) -> str:
         """"text" (no pixels, so the vision tower does not run at every step) where replaying
         the clean sequence reproduces the clean logits, else "all" (e.g. InstructBLIP, whose
@@ -244,6 +264,26 @@ def _capturing(store: dict, owner: str):
         store["inputs_embeds"] = embeds.detach().clone()
         store["position_ids"] = kwargs.get("position_ids")
     return hook
+
+
+def _asking_states(module, args, kwargs):
+    kwargs["output_hidden_states"] = True
+    return args, kwargs
+
+
+@contextmanager
+def _keeping_states(module: torch.nn.Module, store: dict, owner: str) -> Iterator[None]:
+    """The module's `hidden_states` output, kept in `store` (one call per pass)."""
+    def hook(module, args, kwargs, output):
+        if "hidden_states" in store:
+            raise WhiteBoxError(f"{owner}: its language model ran twice in one forward pass; "
+                                "its hidden states are not one batch's")
+        store["hidden_states"] = tuple(getattr(output, "hidden_states", None) or ())
+    handle = module.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _replacing(embeds: Tensor, replay: Replay):

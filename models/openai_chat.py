@@ -429,6 +429,10 @@ class OpenAIChatAdapter(ModelAdapter):
             probs.append(letter_probs(generation.top_logprobs[0], sample.letters))
         return probs
 
+    def render(self, sample: Sample) -> str:
+        """The text the server is sent (its chat template is the server's own)."""
+        return format_prompt(sample, self.instruction)
+
     def logprobs_unavailable(self) -> str | None:
         info = self.server()
         return None if info.logprobs else f"{self.base_url}: {info.logprobs_reason}"

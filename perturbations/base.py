@@ -65,6 +65,11 @@ class Attack(ABC):
         recorded so that results can say how often the model went there."""
         return [s.meta.get("lure") for s in samples]
 
+    def apply_base(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[Sample]:
+        """The samples as the attack starts from them: with its base perturbation applied,
+        if it has one (the default has none). What the audit trail records as shown."""
+        return list(samples)
+
     def score(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
               ) -> tuple[list[np.ndarray], list[int | None]]:
         """`attack` and `lures` together; an attack that perturbs its samples before searching

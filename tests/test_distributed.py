@@ -39,6 +39,7 @@ def test_two_processes_give_bit_identical_records(tiny_checkpoint, tmp_path):
     out = run_mibench(mibench_args(tiny_checkpoint, two, n=23, batch_size=4), launcher)
     assert "scored by 2 process(es)" in out.stdout  # 23 samples: 6 batches, uneven shares
     assert (one / "records.jsonl").read_bytes() == (two / "records.jsonl").read_bytes()
+    assert (one / "prompts.jsonl").read_bytes() == (two / "prompts.jsonl").read_bytes()
     assert results(one) == results(two)
 
 
@@ -67,6 +68,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_checkpoint, tmp_pat
     keys = [(r["task"], r["condition"], r["sample_id"]) for r in map(json.loads, records)]
     assert len(keys) == len(set(keys)) == 300  # no duplicate, no missing sample
     assert (resumed / "records.jsonl").read_bytes() == (whole / "records.jsonl").read_bytes()
+    assert (resumed / "prompts.jsonl").read_bytes() == (whole / "prompts.jsonl").read_bytes()
     assert results(resumed) == results(whole)
 
 

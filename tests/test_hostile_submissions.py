@@ -302,7 +302,7 @@ FILES = {
     "a record nested deep": (
         RECORDS_GZ, lambda doc, line: gzip.compress(
             line.replace(b'"probs":[', b'"probs":[[[[[[') + b"\n"),
-        "line 1: is nested deeper than 3 levels"),
+        "line 1: is nested deeper than 4 levels"),
 }
 
 
