@@ -162,7 +162,8 @@ def score_conditions(model: ModelAdapter, runs: Sequence[ConditionRun], task: st
         for (run, chunk), prepared in prefetched(
                 lambda item: item[0].scorer.prepare(item[1]), todo):
             scored = run.scorer.score(chunk, prepared)
-            shown, prompts = audits(run.scorer.shown(chunk), model.render)
+            shown, prompts = audits([o.shown or s for s, o in zip(chunk, scored, strict=True)],
+                                    model.render)
             store.append(
                 (Record(task=task, condition=run.name, sample_id=s.id, probs=o.probs,
                         prediction=o.prediction, gold=s.answer, lure=o.lure,

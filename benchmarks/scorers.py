@@ -43,6 +43,7 @@ class Scored:
     prediction: int | None
     lure: int | None = None
     generated: Generated | None = None
+    shown: Sample | None = None  # as the model saw it, where the scorer changed it (an attack)
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,16 @@ class Scorer:
 
     score: Callable[[Sequence[Sample], object], list[Scored]]
     prepare: Callable[[Sequence[Sample]], object] = lambda chunk: None
-    # the samples as the model was shown them, for the audit trail (an attack's base applied)
-    shown: Callable[[Sequence[Sample]], Sequence[Sample]] = lambda chunk: chunk
 
 
-def from_probs(probs: Sequence[np.ndarray], lures: Sequence[int | None]) -> list[Scored]:
-    """Likelihood answers: the distribution, its most likely option, the lure if any."""
+def from_probs(probs: Sequence[np.ndarray], lures: Sequence[int | None],
+               shown: Sequence[Sample | None] | None = None) -> list[Scored]:
+    """Likelihood answers: the distribution, its most likely option, the lure if any (and
+    the sample as shown, where the scorer changed it)."""
+    shown = [None] * len(probs) if shown is None else shown
     return [Scored(tuple(float(x) for x in p), int(p.argmax()),
-                   None if lure is None else int(lure))
-            for p, lure in zip(probs, lures, strict=True)]
+                   None if lure is None else int(lure), shown=seen)
+            for p, lure, seen in zip(probs, lures, shown, strict=True)]
 
 
 class AnswerScorer(ABC):
@@ -103,14 +105,14 @@ class LikelihoodScorer(AnswerScorer):
                           [s.meta.get("lure") for s in chunk]))
 
     def for_attack(self, attack: Attack, model: ModelAdapter, seed: int, task: str) -> Scorer:
-        """Each sample attacked with a seed of its own id; probabilities and lures from one
-        application of the attack's base perturbation."""
+        """Each sample attacked with a seed of its own id; probabilities, lures and the
+        samples as shown (the audit trail's) from one application of the attack's base."""
         def seeds(chunk: Sequence[Sample]) -> list[int]:
             return [stable_seed(seed, task, attack.name, s.id) for s in chunk]
 
         def score(chunk: Sequence[Sample], prepared: object) -> list[Scored]:
-            return from_probs(*attack.score(model, chunk, seeds(chunk)))
-        return Scorer(score=score, shown=lambda chunk: attack.apply_base(chunk, seeds(chunk)))
+            return from_probs(*attack.score_shown(model, chunk, seeds(chunk)))
+        return Scorer(score=score)
 
     def describe(self) -> dict:
         return {"name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}"}

@@ -76,5 +76,12 @@ class Attack(ABC):
         (a base perturbation) overrides it to do that once for both."""
         return self.attack(model, samples, seeds), self.lures(samples, seeds)
 
+    def score_shown(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
+                    ) -> tuple[list[np.ndarray], list[int | None], list[Sample]]:
+        """`score`, and the samples as the model was shown them (the audit trail's). An
+        attack that perturbs its samples itself returns those, made once for both."""
+        probs, lures = self.score(model, samples, seeds)
+        return probs, lures, self.apply_base(samples, seeds)
+
     def describe(self) -> dict:
         return Perturbation.describe(self)  # type: ignore[arg-type]

@@ -286,6 +286,11 @@ class InvertedLure(Attack):
         outcome = self.run(model, samples, seeds)
         return outcome.probs, list(outcome.targets)
 
+    def score_shown(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
+                    ) -> tuple[list[np.ndarray], list[int | None], list[Sample]]:
+        outcome = self.run(model, samples, seeds)  # its samples carry the lure images
+        return outcome.probs, list(outcome.targets), list(outcome.samples)
+
     def run(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]) -> LureOutcome:
         """Each sample's image (cached or made), the samples carrying it, and the source
         model's option distributions on them (one forward pass over the saved PNGs)."""

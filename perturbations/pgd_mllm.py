@@ -117,6 +117,11 @@ class MLLMAttack(Attack):
         outcome = self.run(model, samples, seeds)
         return outcome.probs, outcome.lures
 
+    def score_shown(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
+                    ) -> tuple[list[np.ndarray], list[int | None], list[Sample]]:
+        outcome = self.run(model, samples, seeds)  # its samples carry the base perturbation
+        return outcome.probs, outcome.lures, list(outcome.samples)
+
     def run(self, model: DifferentiableAdapter, samples: Sequence[Sample], seeds: Sequence[int]
             ) -> AttackOutcome:
         """The attack on a batch; what the model cannot do for it is refused by name."""
