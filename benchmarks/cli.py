@@ -118,7 +118,8 @@ def run(cfg: DictConfig) -> dict | None:
         # how it was scored: recorded, never fingerprinted (batch size changes no number)
         document["scoring"] = {"batch_size": int(cfg.batch_size), "processes": result.processes}
         path = write_metrics(document, out_dir)
-        table = format_table(document["results"], document["failed"])
+        table = format_table(document["results"], document["failed"], references={
+            t: d["reference"] for t, d in document["tasks"].items() if "reference" in d})
         (out_dir / "table.md").write_text(table + "\n")
         if document["results"]:  # every task may have failed
             accuracy_bars(document["results"], out_dir / "accuracy.png")
