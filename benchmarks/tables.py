@@ -132,20 +132,32 @@ def radar_plot(runs: Sequence[Run], path: str | Path, metric: str = "accuracy",
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(projection="polar")
     for run in runs:
-        values = [lookup(run, t, c, metric) for t, c in cols]
-        points = np.array([np.nan if v is None else scale * v["value"] for v in values])
-        closed = np.append(points, points[:1])
-        ax.plot(np.append(angles, angles[:1]), closed, marker="o", label=run.label)
-        ax.fill(np.append(angles, angles[:1]), np.nan_to_num(closed), alpha=0.1)
+        _polygon(ax, angles, [lookup(run, t, c, metric) for t, c in cols], scale, run.label,
+                 alpha=0.1)
     ax.set_xticks(angles)
     ax.set_xticklabels([f"{t}\n{c}" for t, c in cols], fontsize=7)
     if metric in PERCENT_METRICS:
         ax.set_ylim(0, 100)
     ax.set_title(f"{metric} by dataset and condition", pad=20)
     ax.legend(loc="upper right", bbox_to_anchor=(1.25, 1.1), fontsize=8)
+    return _save(fig, path, dpi=120)
+
+
+def _polygon(ax, angles, estimates: Sequence[dict | None], scale: float, label: str,
+             alpha: float) -> None:
+    """One closed, filled polygon of estimates (a missing one is a gap, filled as 0)."""
+    import numpy as np
+
+    points = np.array([np.nan if v is None else scale * v["value"] for v in estimates])
+    closed, around = np.append(points, points[:1]), np.append(angles, angles[:1])
+    ax.plot(around, closed, marker="o", label=label)
+    ax.fill(around, np.nan_to_num(closed), alpha=alpha)
+
+
+def _save(fig, path: str | Path, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 
@@ -228,12 +240,8 @@ def study_radar_plot(runs: Sequence[Run], path: str | Path, metric: str = "accur
         ax.set_theta_zero_location("N")
         ax.set_theta_direction(-1)  # clockwise from the top, as the study's figure
         for condition in conds:
-            values = [lookup(run, task, condition, metric) for run in runs]
-            points = np.array([np.nan if v is None else scale * v["value"] for v in values])
-            closed = np.append(points, points[:1])
-            ax.plot(np.append(angles, angles[:1]), closed, marker="o",
-                    label=condition_label(runs, task, condition))
-            ax.fill(np.append(angles, angles[:1]), np.nan_to_num(closed), alpha=0.15)
+            _polygon(ax, angles, [lookup(run, task, condition, metric) for run in runs], scale,
+                     condition_label(runs, task, condition), alpha=0.15)
         ax.set_xticks(angles)
         ax.set_xticklabels([r.label for r in runs], fontsize=8)
         if metric in PERCENT_METRICS:
@@ -241,10 +249,7 @@ def study_radar_plot(runs: Sequence[Run], path: str | Path, metric: str = "accur
             ax.set_yticks([20, 40, 60, 80, 100])
         ax.set_title(f"{task}: {metric}", pad=18)
         ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.12), fontsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=110, bbox_inches="tight")
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

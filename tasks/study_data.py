@@ -151,13 +151,13 @@ def hub_folder(repo: str, revision: str | None, wanted: Sequence[str], archive: 
                 f"{str(err).splitlines()[0] if str(err) else ''}) and it is not in the hub "
                 f"cache. Download it (hf download {repo} --repo-type dataset --local-dir "
                 f"DIR/study_data) and set data_root=DIR") from err
-    patterns: list[str] = []
-    for path in wanted:
-        for prefix in ("", "data/"):
-            name = prefix + path
-            if name in files or any(f.startswith(name + "/") for f in files):
-                patterns += [name, f"{name}/*"]
-    if not any(p in files for p in patterns):  # the item file is not loose: its archive
+    def present(name: str) -> bool:  # a file, or a folder of files
+        return name in files or any(f.startswith(name + "/") for f in files)
+
+    prefix = next((p for p in ("", "data/") if present(p + wanted[0])), None)
+    if prefix is not None:  # loose files: just those
+        patterns = [x for path in wanted for x in (prefix + path, f"{prefix}{path}/*")]
+    else:  # packed: the archives named after their folders
         patterns = [f for f in files if "/" not in f and any(
             _holds(Path(f), path, archive) for path in wanted)]
     if not patterns:
