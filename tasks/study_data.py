@@ -133,6 +133,20 @@ def data_tree(folder: Path, wanted: str, archive: str | None, task: str) -> Path
         f"leaves ./data), or name the archive with {override(task, 'archive', '<file.tar.gz>')}")
 
 
+def hub_patterns(files: Sequence[str], wanted: Sequence[str], archive: str | None
+                 ) -> list[str]:
+    """Which files of a hub repository to fetch for `wanted`: the loose files and folders
+    (at the top or under data/), else the top-level archives named after their folders."""
+    def present(name: str) -> bool:  # a file, or a folder of files
+        return name in files or any(f.startswith(name + "/") for f in files)
+
+    prefix = next((p for p in ("", "data/") if present(p + wanted[0])), None)
+    if prefix is not None:
+        return [x for path in wanted for x in (prefix + path, f"{prefix}{path}/*")]
+    return [f for f in files if "/" not in f and any(
+        _holds(Path(f), path, archive) for path in wanted)]
+
+
 def hub_folder(repo: str, revision: str | None, wanted: Sequence[str], archive: str | None,
                task: str) -> Path:
     """A snapshot of the files of hub dataset `repo` that hold `wanted` (loose, or in the
@@ -151,15 +165,7 @@ def hub_folder(repo: str, revision: str | None, wanted: Sequence[str], archive: 
                 f"{str(err).splitlines()[0] if str(err) else ''}) and it is not in the hub "
                 f"cache. Download it (hf download {repo} --repo-type dataset --local-dir "
                 f"DIR/study_data) and set data_root=DIR") from err
-    def present(name: str) -> bool:  # a file, or a folder of files
-        return name in files or any(f.startswith(name + "/") for f in files)
-
-    prefix = next((p for p in ("", "data/") if present(p + wanted[0])), None)
-    if prefix is not None:  # loose files: just those
-        patterns = [x for path in wanted for x in (prefix + path, f"{prefix}{path}/*")]
-    else:  # packed: the archives named after their folders
-        patterns = [f for f in files if "/" not in f and any(
-            _holds(Path(f), path, archive) for path in wanted)]
+    patterns = hub_patterns(files, wanted, archive)
     if not patterns:
         raise DatasetLoadError(
             f"task {task!r}: the hub dataset {repo!r} has neither {wanted[0]} nor an archive "

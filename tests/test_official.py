@@ -71,6 +71,7 @@ from mibench.study_report import Outcome, compare, format_comparison, study_accu
 from mibench.tables import main as tables_main
 from mibench.tables import render_study_tables
 from mibench.tasks.hf_dataset import DataError, DatasetLoadError
+from mibench.tasks.study_data import hub_patterns
 
 CONF = Path(mibench.conf.__file__).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,6 +334,25 @@ def test_not_an_array_and_missing_copies_say_what_to_do(tmp_path):
     with pytest.raises(DatasetLoadError, match="cannot reach the hub dataset "
                                                "'luisrui/training_data'.*hf download"):
         hub.samples()
+
+
+def test_what_is_fetched_from_a_hub_release():
+    loose = ["README.md", "caltech-101/multiple_choice_data_test.json",
+             "caltech-101/images/0001.jpg", "VQADatasets/MMVP/images/1.jpg"]
+    assert hub_patterns(loose, ["caltech-101/multiple_choice_data_test.json",
+                                "caltech-101/images"], None) == [
+        "caltech-101/multiple_choice_data_test.json",
+        "caltech-101/multiple_choice_data_test.json/*", "caltech-101/images",
+        "caltech-101/images/*"]
+    assert hub_patterns(["data/" + f for f in loose], ["VQADatasets/MMVP/images"], None) == [
+        "data/VQADatasets/MMVP/images", "data/VQADatasets/MMVP/images/*"]
+    packed = ["caltech-101.tar.gz", "MMLU.tar.gz", "VQADatasets.tar.gz",
+              "LLaVA-Instruct-665K.tar.gz.part_aa", "README.md"]
+    assert hub_patterns(packed, ["caltech-101/multiple_choice_data_test.json"], None) == [
+        "caltech-101.tar.gz"]
+    assert hub_patterns(packed, ["VQADatasets/MMVP/images"], None) == ["VQADatasets.tar.gz"]
+    assert hub_patterns(packed, ["OpenBookQA/multiple_choice_data_test.json"], None) == []
+    assert hub_patterns(packed, ["OpenBookQA/x.json"], "MMLU.tar.gz") == ["MMLU.tar.gz"]
 
 
 def test_limit_keeps_a_stratified_subset_in_file_order(study_root):
