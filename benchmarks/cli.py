@@ -1,25 +1,39 @@
-"""The `mibench` command: the benchmark's Hydra app, and the subcommands beside it."""
+"""The `mibench` command: the benchmark's Hydra app, and the subcommands beside it.
+
+Imports of torch, transformers and the scoring stack happen inside the functions that need
+them, so a subcommand (`mibench models`) and `--help` start in well under a second.
+"""
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+import logging
+import os
 import sys
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
-from mibench.models.base import ModelAdapter
-from mibench.perturbations.base import Attack, Perturbation
-from mibench.prompts import ANSWER_INSTRUCTION
-from mibench.tasks.base import Task
+from .errors import MibenchError
 
-from . import distributed
-from .loggers import NullLogger
-from .plots import accuracy_bars
-from .report import config_hash, format_table, metrics_document, write_metrics
-from .runner import run_benchmark
+if TYPE_CHECKING:
+    from mibench.models.base import ModelAdapter
+    from mibench.perturbations.base import Attack, Perturbation
+    from mibench.tasks.base import Task
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ConfigError(MibenchError, ValueError):
+    """The configured tasks and conditions cannot make a run (names the key and the fix)."""
 
 
 def asset_path(name: str) -> str:
@@ -35,6 +49,8 @@ RUN_KEYS = ("model", "grid", "task", "perturbation", "seed", "data_root")
 
 def run_id(*, _root_: DictConfig) -> str:
     """A directory name fixed by the config: re-running a command resumes its run."""
+    from .report import config_hash
+
     parts = {k: OmegaConf.to_container(_root_[k], resolve=True) if isinstance(
         _root_.get(k), DictConfig) else _root_.get(k) for k in RUN_KEYS}
     model = _root_.model.get("name") or str(_root_.model.get("path", "model")).rstrip("/")
@@ -45,7 +61,40 @@ def run_id(*, _root_: DictConfig) -> str:
                     for p in (model.split("/")[-1], what, condition, digest) if p)
 
 
-for _name, _resolver in (("mibench_asset", asset_path), ("mibench_run_id", run_id)):
+def subcommand_summary(spec: str) -> str:
+    """First sentence of a subcommand's argparse description (or docstring), from its source.
+
+    Read with `ast` rather than imported: `mibench --help` must not import torch.
+    """
+    module, _, function = spec.partition(":")
+    try:
+        origin = importlib.util.find_spec(module).origin
+        tree = ast.parse(Path(origin).read_text())
+    except (ImportError, AttributeError, OSError, SyntaxError, TypeError, ValueError):
+        return ""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            texts = [kw.value.value for call in ast.walk(node) if isinstance(call, ast.Call)
+                     for kw in call.keywords if kw.arg == "description"
+                     and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str)]
+            text = (texts or [ast.get_docstring(node) or ""])[0]
+            return textwrap.shorten(text.split(". ")[0].rstrip("."), 78, placeholder=" ...")
+    return ""
+
+
+def help_header() -> str:
+    """The top of `mibench --help`: how to run a benchmark, and every subcommand."""
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["mibench: score modality interference of a multimodal LLM.", "",
+             "Run a benchmark:  mibench [group=option] [key=value] ...   (Hydra overrides below)",
+             "Subcommands (mibench NAME --help for their options):"]
+    lines += [f"  {name.ljust(width)}  {subcommand_summary(spec)}".rstrip()
+              for name, spec in SUBCOMMANDS.items()]
+    return "\n".join(lines) + "\n"
+
+
+for _name, _resolver in (("mibench_asset", asset_path), ("mibench_run_id", run_id),
+                         ("mibench_help", help_header)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
 
@@ -55,32 +104,57 @@ def _named(configs: DictConfig | None) -> dict[str, DictConfig]:
 
 
 def build_plugins(cfg: DictConfig) -> tuple[dict[str, Task], dict[str, Perturbation]]:
-    """The tasks and conditions to run: `task=`/`perturbation=` replace the benchmark's."""
+    """The tasks and conditions to run: `task=`/`perturbation=` replace the benchmark's.
+
+    A benchmark condition that applies to none of the tasks (`task=toy_text_heavy` under a
+    grid with text conditions) is skipped with a note; one asked for by `perturbation=` is
+    an error.
+    """
+    from hydra.utils import instantiate
+
+    from mibench.perturbations.base import Attack, Perturbation
+    from mibench.tasks.base import Task
+
+    from .runner import applies_to
+
     grid = cfg.get("grid") or {}
     task_cfgs = ({cfg.task.name: cfg.task} if cfg.get("task") is not None
                  else _named(grid.get("tasks")))
     cond_cfgs = ({cfg.perturbation.name: cfg.perturbation} if cfg.get("perturbation") is not None
                  else _named(grid.get("conditions")))
     if not task_cfgs:
-        raise ValueError("no task to run: choose a benchmark (benchmark=toy) or a task "
-                         "(task=toy_image_heavy)")
+        raise ConfigError("no task to run: choose a benchmark (benchmark=toy) or a task "
+                          "(task=toy_image_heavy)")
     tasks = {name: instantiate(c) for name, c in task_cfgs.items()}
     conditions = {name: instantiate(c) for name, c in cond_cfgs.items()}
     for kind, plugins, bases in (("task", tasks, (Task,)),
                                  ("perturbation", conditions, (Perturbation, Attack))):
         for name, plugin in plugins.items():
             if not isinstance(plugin, bases):
-                raise TypeError(f"{kind} {name!r}: _target_ built a {type(plugin).__name__}, "
-                                f"not a {' or '.join(b.__name__ for b in bases)}")
+                raise ConfigError(f"{kind} {name!r}: _target_ built a {type(plugin).__name__}, "
+                                  f"not a {' or '.join(b.__name__ for b in bases)}")
             if plugin.name != name:
-                raise ValueError(f"{kind} {name!r}: its config names it {plugin.name!r}; "
-                                 "the two must agree")
-    return tasks, conditions
+                raise ConfigError(f"{kind} {name!r}: its config names it {plugin.name!r}; "
+                                  "the two must agree")
+    idle = [name for name, c in conditions.items()
+            if not any(applies_to(c, task) for task in tasks.values())]
+    if idle and cfg.get("perturbation") is not None:
+        (name,) = idle
+        raise ConfigError(
+            f"perturbation={name} touches the {conditions[name].touches} modality, which "
+            f"{', '.join(tasks)} needs to answer: nothing to measure; choose a perturbation "
+            "of the other modality, or another task")
+    if idle:
+        log.info("conditions that apply to none of the tasks (%s), skipped: %s",
+                 ", ".join(tasks), ", ".join(idle))
+    return tasks, {name: c for name, c in conditions.items() if name not in idle}
 
 
 def fingerprint(model: ModelAdapter, tasks: dict[str, Task],
                 conditions: dict[str, Perturbation | Attack], seed: int) -> dict:
     """Every input that changes a number (not batch size, device or process count)."""
+    from mibench.prompts import ANSWER_INSTRUCTION
+
     model_info = {k: v for k, v in model.describe().items() if k != "device"}
     return {
         "model": model_info,
@@ -97,6 +171,19 @@ def run(cfg: DictConfig) -> dict | None:
     Under `accelerate launch` every process runs this; only the main one writes and logs
     (and returns the metrics document).
     """
+    from hydra.utils import instantiate
+
+    from . import distributed
+    from .loggers import NullLogger
+    from .plots import accuracy_bars
+    from .progress import is_terminal, quiet_library_bars
+    from .report import format_table, metrics_document, write_metrics
+    from .runner import run_benchmark
+    from .scoring import chance_accuracy
+    from .store import RECORDS_FILE, read_records
+
+    if not (cfg.progress and is_terminal(sys.stderr)):
+        quiet_library_bars()
     out_dir = Path(cfg.out_dir)
     processes = distributed.current()
     tasks, conditions = build_plugins(cfg)
@@ -122,7 +209,9 @@ def run(cfg: DictConfig) -> dict | None:
             t: d["reference"] for t, d in document["tasks"].items() if "reference" in d})
         (out_dir / "table.md").write_text(table + "\n")
         if document["results"]:  # every task may have failed
-            accuracy_bars(document["results"], out_dir / "accuracy.png")
+            accuracy_bars(document["results"], out_dir / "accuracy.png",
+                          model=document["model"].get("name"),
+                          chance=chance_accuracy(read_records(out_dir / RECORDS_FILE)))
         print(table)
         print(f"\nrecords, metrics and table in {out_dir} ({path.name}); "
               f"scored by {result.processes} process(es)")
@@ -132,9 +221,43 @@ def run(cfg: DictConfig) -> dict | None:
     return document
 
 
+def user_error(err: BaseException) -> MibenchError | None:
+    """The MibenchError behind `err`, if any: Hydra's `instantiate` wraps what a target raises.
+
+    A config value left `???` (model=hf without model.path) is a user's mistake too.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, MibenchError):
+            return err
+        if isinstance(err, MissingMandatoryValue):
+            key = err.full_key or "a config value"
+            return ConfigError(f"{key} must be set: add {key}=... to the command")
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def exit_on_user_error(function: Callable[..., T], *args: object) -> T:
+    """Call `function`; a user's mistake ends the process with one line on stderr, exit code 2.
+
+    Anything else is a bug and keeps its traceback, as does every error under
+    HYDRA_FULL_ERROR=1.
+    """
+    try:
+        return function(*args)
+    except Exception as err:
+        mistake = user_error(err)
+        if mistake is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"mibench: {mistake}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 @hydra.main(config_path="pkg://mibench.conf", config_name="config", version_base="1.3")
 def benchmark_app(cfg: DictConfig) -> None:
-    document = run(cfg)
+    # caught here, inside the task function: Hydra would print what escapes it as a traceback
+    document = exit_on_user_error(run, cfg)
     if document and document["failed"]:  # everything else was written: say so, and fail
         print(f"{len(document['failed'])} task(s)/condition(s) failed; see `failed` in "
               f"{Path(cfg.out_dir) / 'metrics.json'}", file=sys.stderr)
@@ -156,7 +279,8 @@ def main() -> None:
     """`mibench [hydra overrides]` runs a benchmark; `mibench NAME ...` runs a subcommand."""
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         module, function = SUBCOMMANDS[sys.argv[1]].split(":")
-        sys.exit(getattr(importlib.import_module(module), function)(sys.argv[2:]))
+        command = getattr(importlib.import_module(module), function)
+        sys.exit(exit_on_user_error(command, sys.argv[2:]))
     benchmark_app()
 
 

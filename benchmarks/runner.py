@@ -16,7 +16,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mibench.models.base import ModelAdapter
 from mibench.perturbations.base import Attack, Perturbation
@@ -27,6 +26,7 @@ from . import distributed, scoring
 from .distributed import Processes, my_share
 from .errors import MibenchError
 from .prefetch import prefetched
+from .progress import Progress
 from .seeding import rng_for, stable_seed
 from .store import RecordStore, check_fingerprint
 
@@ -174,11 +174,10 @@ def score_conditions(model: ModelAdapter, runs: Sequence[ConditionRun], task: st
             if any((task, run.name, run.samples[i].id) not in store for i in batch)]
     if not todo:
         return
-    show = progress and processes.is_main
-    left = {run.name: sum(len(chunk) for r, chunk in todo if r is run) for run in runs}
-    bars = {name: tqdm(total=total, desc=f"{task}/{name}", unit="sample", position=k,
-                       disable=not show, leave=False)
-            for k, (name, total) in enumerate((n, t) for n, t in left.items() if t)}
+    # one bar (or plain lines off a terminal) for the plan: its conditions advance together
+    bar = Progress(f"{task}: {', '.join(run.name for run in runs)}",
+                   total=sum(len(chunk) for _, chunk in todo),
+                   enabled=progress and processes.is_main)
     try:
         for (run, chunk), prepared in prefetched(
                 lambda item: item[0].scorer.prepare(item[1]), todo):
@@ -189,11 +188,10 @@ def score_conditions(model: ModelAdapter, runs: Sequence[ConditionRun], task: st
                        gold=s.answer, lure=None if lure is None else int(lure))
                 for s, p, lure in zip(chunk, probs, lures, strict=True)
             )
-            bars[run.name].update(len(chunk))
+            bar.update(len(chunk))
     finally:
         model.drop_reused_inputs()
-        for bar in bars.values():
-            bar.close()
+        bar.close()
 
 
 def run_benchmark(

@@ -107,3 +107,13 @@ def condition_metrics(clean: Sequence[Record], perturbed: Sequence[Record],
     if lured.size:
         metrics["lure_rate"] = proportion(lured)
     return metrics
+
+
+def chance_accuracy(records: Sequence[Record], condition: str = "clean") -> dict[str, float]:
+    """Per task, the accuracy of a uniform guess: the mean of 1/#options over its samples
+    (tasks such as ScienceQA mix 2 to 5 options)."""
+    options: dict[str, list[int]] = {}
+    for r in records:
+        if r.condition == condition:
+            options.setdefault(r.task, []).append(len(r.probs))
+    return {task: float(np.mean([1 / k for k in ks])) for task, ks in options.items()}

@@ -23,10 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bounded_json import read_json_file
+from .errors import MibenchError
 from .report import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE, format_estimate
 
 CATEGORY_TITLES = {"image_heavy": "Image-heavy", "text_heavy": "Text-heavy", "vqa": "VQA"}
 PERCENT_METRICS = {"accuracy", "drop", "flip_rate", "harm_rate", "lure_rate"}
+
+
+class TablesInputError(MibenchError, ValueError):
+    """A run given to `mibench tables` cannot be read (names the file and what to give)."""
 
 
 @dataclass(frozen=True)
@@ -51,14 +56,14 @@ def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) 
         path = Path(raw)
         file = path / METRICS_FILE if path.is_dir() else path
         if not file.is_file():
-            raise FileNotFoundError(f"no {METRICS_FILE} at {file} (give a run directory or the "
-                                    "metrics.json file)")
+            raise TablesInputError(f"no {METRICS_FILE} at {file} (give a run directory or "
+                                   "the metrics.json file)")
         document = read_json_file(file, MAX_METRICS_BYTES, MAX_METRICS_DEPTH, strict=False)
         if "results" not in document:
-            raise ValueError(f"{file} has no 'results': is it a mibench metrics.json?")
+            raise TablesInputError(f"{file} has no 'results': is it a mibench metrics.json?")
         found.append((file, document))
     if labels is not None and len(labels) != len(found):
-        raise ValueError(f"{len(labels)} labels for {len(found)} runs")
+        raise TablesInputError(f"{len(labels)} labels for {len(found)} runs")
     names = list(labels) if labels is not None else [
         str(d.get("model", {}).get("name") or f.parent.name) for f, d in found]
     runs = []
@@ -255,11 +260,11 @@ def study_radar_plot(runs: Sequence[Run], path: str | Path, metric: str = "accur
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: render the study-layout tables (markdown) and radar plot (PNG) of some runs."""
     parser = argparse.ArgumentParser(
-        prog="render_tables", description="Study-layout tables and radar plot from metrics.json")
+        prog="mibench tables", description="Study-layout tables and radar plot from metrics.json")
     parser.add_argument("runs", nargs="+", help="run directories or metrics.json files")
     parser.add_argument("--out", default=".", help="output directory (default: .)")
     parser.add_argument("--metric", default="accuracy",
-                        help="accuracy, drop, flip_rate, harm_rate, lure_rate or js_divergence")
+                        choices=sorted(PERCENT_METRICS | {"js_divergence"}))
     parser.add_argument("--labels", nargs="+", help="row names, one per run (default: model)")
     parser.add_argument("--no-radar", action="store_true", help="skip the radar plot")
     parser.add_argument("--layout", choices=("suite", "study"), default="suite",

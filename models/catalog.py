@@ -1,14 +1,22 @@
-"""`mibench models`: every model config, its family, adapter, checkpoint and what it needs."""
+"""`mibench models`: every model config, its family, adapter, checkpoint and what it needs.
+
+It reads the YAMLs and the adapters' source only: importing torch or transformers to list
+configs would cost seconds.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import ast
+import importlib.metadata
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 
 @dataclass(frozen=True)
@@ -17,7 +25,7 @@ class FamilyInfo:
 
     family: str
     pattern: str           # matched against the config's hub id or path
-    min_transformers: str  # first release with the architecture (the suite needs >= 5.0)
+    min_transformers: str  # first release with the architecture (the suite may need more)
     needs: str = ""
 
 
@@ -50,24 +58,74 @@ def family_of(path: str) -> FamilyInfo | None:
     return None
 
 
-def describe_config(yaml_path: Path) -> dict[str, str]:
-    """One table row: read the YAML without resolving it, import its adapter class."""
+def suite_requirement(package: str) -> str | None:
+    """The version floor the installed suite declares for `package` (pyproject), e.g. '5.0'."""
+    try:
+        requires = importlib.metadata.requires("mibench") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for line in requires:
+        req = Requirement(line)
+        if req.name == package and req.marker is None:
+            floors = [s.version for s in req.specifier if s.operator in (">=", "==", "~=")]
+            return max(floors, key=Version) if floors else None
+    return None
+
+
+def installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def adapter_problem(class_path: str) -> str | None:
+    """Why `module.Class` cannot be an adapter, found from the module's source, or None."""
+    module, _, cls = class_path.rpartition(".")
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError) as err:
+        return str(err)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return f"no module {module!r}"
+    tree = ast.parse(Path(spec.origin).read_text(), filename=spec.origin)
+    names = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    names |= {alias.asname or alias.name for node in tree.body
+              if isinstance(node, ast.ImportFrom) for alias in node.names}
+    return None if cls in names else f"module {module!r} has no class {cls!r}"
+
+
+def checkpoint_label(path: object) -> str:
+    """The config's checkpoint as a reader should see it, never a raw `${...}`."""
+    if path in (None, "???"):
+        return "(set model.path)"
+    embedded = re.fullmatch(r"\$\{mibench_asset:(\w+)\}", str(path))
+    if embedded:
+        return f"embedded ({embedded.group(1)})"
+    return "(set at run time)" if "${" in str(path) else str(path)
+
+
+def transformers_floor(info: FamilyInfo | None, suite_floor: str | None) -> str:
+    """The release a config needs: the family's first, or the suite's own floor if later."""
+    floors = [f for f in (info.min_transformers if info else None, suite_floor) if f]
+    return f">={max(floors, key=Version)}" if floors else ""
+
+
+def describe_config(yaml_path: Path, suite_floor: str | None = None) -> dict[str, str]:
+    """One table row: read the YAML without resolving it, check its adapter in the source."""
     cfg = OmegaConf.load(yaml_path)
     target = str(cfg.get("_target_", ""))
     module, _, attr = target.rpartition(".")
     class_path = module if attr == "from_pretrained" else target
     adapter = class_path.rpartition(".")[2] or "?"
-    try:
-        mod, _, cls = class_path.rpartition(".")
-        getattr(importlib.import_module(mod), cls)
-    except (ImportError, AttributeError, ValueError) as err:
-        adapter = f"BROKEN: {target} ({err})"
-    keys = OmegaConf.to_container(cfg, resolve=False)
-    path = keys.get("path")
-    path = "(set model.path)" if path in (None, "???") else str(path)
-    if "base_url" in keys:  # a served model (model=openai)
+    problem = adapter_problem(class_path)
+    if problem:
+        adapter = f"BROKEN: {target} ({problem})"
+    raw_path = OmegaConf.to_container(cfg, resolve=False).get("path")
+    path = checkpoint_label(raw_path)
+    if "base_url" in OmegaConf.to_container(cfg, resolve=False):  # a served model (openai)
         path = "(served: set model.base_url, model.model)"
-    info = family_of(path)
+    info = family_of(str(raw_path or ""))
     needs = []
     if cfg.get("trust_remote_code"):
         needs.append("trust_remote_code")
@@ -81,7 +139,7 @@ def describe_config(yaml_path: Path) -> dict[str, str]:
         "adapter": adapter,
         "checkpoint": path,
         "dtype": str(cfg.get("dtype", "")),
-        "transformers": f">={info.min_transformers}" if info else "",
+        "transformers": transformers_floor(info, suite_floor),
         "needs": "; ".join(needs) or "-",
     }
 
@@ -108,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"no model configs in {folder}")
         return 1
-    rows = [describe_config(f) for f in files]
+    floor = suite_requirement("transformers")
+    rows = [describe_config(f, floor) for f in files]
     print(table(rows))
-    print("\nrun one: mibench model=NAME [model.path=DIR_OR_HUB_ID] [model.revision=COMMIT]")
+    print(f"\ntransformers: the suite needs >={floor or '?'}, installed "
+          f"{installed_version('transformers') or 'none'}")
+    print("run one: mibench model=NAME [model.path=DIR_OR_HUB_ID] [model.revision=COMMIT]")
     return 1 if any(r["adapter"].startswith("BROKEN") for r in rows) else 0

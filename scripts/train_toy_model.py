@@ -1,6 +1,6 @@
 """Train the embedded toy LLaVA on the shapes world, reproducibly from a seed.
 
-Two stages (measured recipe: /work/shared/notes/toy-model.md):
+Two stages (the recipe measured to meet the README's acceptance figures):
 1. vision warm-up: the CLIP tower plus linear shape/colour heads on the mean patch token of
    the layer LLaVA reads (without it the tower never learns shape);
 2. LLaVA stage with the tower frozen: full-vocabulary cross-entropy on the answer letter at the
@@ -327,7 +327,9 @@ def main() -> None:
     diff = max(float(np.abs(a - b).max()) for a, b in
                zip(adapter.option_probs(probe), reloaded.option_probs(probe)))
     print(f"reloaded from {out}: max |p - p_reloaded| = {diff:.2e}")
-    meta = {"seed": args.seed, "args": vars(args), "train_seconds": round(train_s, 1),
+    # the folder's name only: a summary shipped with the weights holds no path of this machine
+    meta = {"seed": args.seed, "args": {**vars(args), "out": out.name},
+            "train_seconds": round(train_s, 1),
             "vision_heldout": vision, "eval_n": args.eval_n, "accuracy": res,
             "acceptance": acceptance(res), "generate_first_token_letter": gen,
             "reload_max_abs_diff": diff, "torch": torch.__version__,

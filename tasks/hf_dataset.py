@@ -321,7 +321,10 @@ class HFDatasetTask(Task):
 
     def describe(self) -> dict:
         return {**super().describe(), "path": self.path, "config_name": self.config_name,
-                "split": self.split, "revision": self.revision, "source": self.source,
+                "split": self.split, "revision": self.revision,
+                # where the rows came from, without this machine's path: the digest ties
+                # results to the exact files
+                "source": f"data_root/{self.local}" if self.data_dir else self.path,
                 "columns": self.columns, "filters": self.filters,
                 "require_image": self.require_image, "limit": self.limit, "seed": self.seed,
                 "stratify_by": self.stratify_by, "prompt": self.template.describe(),

@@ -2,8 +2,8 @@
 
 One 32x32 image shows one shape of 6 kinds in one of 6 colours on a noisy grey background;
 facts say which person has which object, and every object is drawn as a shape, so any fact can
-be shown as an image. Options are always the full pool in canonical order (the toy cannot learn
-shuffled options; see /work/shared/notes/toy-model.md). Every sample comes from
+be shown as an image. Options are always the full pool in canonical order (a model this small
+cannot learn to bind shuffled options to letters; see the README). Every sample comes from
 `rng_for(seed, split, kind, index)`, so sample i is the same whatever n is, and the "train"
 and "test" splits are separate random streams.
 """

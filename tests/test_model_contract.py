@@ -177,10 +177,13 @@ def test_a_model_that_can_only_be_queried_is_refused_in_one_line(attack, tmp_pat
     with pytest.raises(AttackError, match="QueriedModel can only be queried") as err:
         attack.run(QueriedModel(), samples, [1, 2])
     assert "\n" not in str(err.value) and isinstance(err.value, MibenchError)
-    with pytest.raises(AttackError, match="can only be queried"):
-        run_benchmark(QueriedModel(), {"th": ListTask("th", "text_heavy", samples)},
-                      {attack.name: attack}, tmp_path, batch_size=2, progress=False)
-    clean = [json.loads(line) for line in (tmp_path / "shards" / "rank-0.jsonl").open()]
+    result = run_benchmark(QueriedModel(), {"th": ListTask("th", "text_heavy", samples)},
+                           {attack.name: attack}, tmp_path, batch_size=2, progress=False)
+    [failure] = result.failures  # the attack fails as its condition, in one line
+    assert (failure.task, failure.condition) == ("th", attack.name)
+    assert "can only be queried" in failure.error and "\n" not in failure.error
+    assert list(result.metrics["th"]) == ["clean"]
+    clean = [json.loads(line) for line in (tmp_path / "records.jsonl").open()]
     assert {r["condition"] for r in clean} == {"clean"} and len(clean) == 2  # kept
 
 

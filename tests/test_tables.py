@@ -14,7 +14,14 @@ from mibench import scoring
 from mibench.records import Record
 from mibench.report import metrics_document, write_metrics
 from mibench.runner import BenchmarkResult
-from mibench.tables import category_table, columns, load_runs, main, render_tables
+from mibench.tables import (
+    TablesInputError,
+    category_table,
+    columns,
+    load_runs,
+    main,
+    render_tables,
+)
 
 CELL = re.compile(r"(-?[\d.]+) \[(-?[\d.]+), (-?[\d.]+)\]")
 TASKS = {"mini_imagenet": "image_heavy", "mmlu": "text_heavy", "scienceqa": "vqa"}
@@ -137,7 +144,7 @@ def test_script_entry_point(two_runs, tmp_path):
 
 
 def test_bad_inputs_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+    with pytest.raises(TablesInputError, match="no metrics.json"):
         load_runs([tmp_path])
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match="x.json has no 'results'"):
