@@ -191,10 +191,16 @@ class _Source:
     def __init__(self, task: str, repo: str, revision: str | None, archive: str | None,
                  data_dir: str | None, local: str) -> None:
         self.task, self.repo, self.revision, self.archive = task, repo, revision, archive
+        self.local = local
         self.folder = Path(data_dir) / local if data_dir else None
 
     def __str__(self) -> str:
         return str(self.folder) if self.folder else f"hub dataset {self.repo}"
+
+    def provenance(self) -> str:
+        """Where the files came from, without this machine's path: the digest ties results
+        to the exact files."""
+        return f"data_root/{self.local}" if self.folder else f"hub dataset {self.repo}"
 
     def root(self, wanted: Sequence[str]) -> Path:
         if self.folder is not None:
@@ -356,7 +362,7 @@ class StudyDataTask(Task):
 
     def describe(self) -> dict:
         return {**super().describe(), "file": self.file, "images": self.images,
-                "source": str(self._source), "repo": self._source.repo,
+                "source": self._source.provenance(), "repo": self._source.repo,
                 "revision": self._source.revision, "limit": self.limit, "seed": self.seed,
                 "prompt": "the model's prompt style (mibench.prompt_styles)",
                 "bad_rows": self.bad_rows, "data_digest": self._digest,
@@ -411,7 +417,7 @@ class ImagePool(Task):
         return self._digest
 
     def describe(self) -> dict:
-        return {**super().describe(), "folder": self.folder, "source": str(self._source),
+        return {**super().describe(), "folder": self.folder, "source": self._source.provenance(),
                 "repo": self._source.repo, "revision": self._source.revision,
                 "images": None if self._samples is None else len(self._samples),
                 "data_digest": self._digest}
