@@ -20,16 +20,20 @@ method takes the retry `suffix` a generating scorer appends to the user's text.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping
 from typing import Any
 
 from .errors import MibenchError
 from .prompts import ANSWER_INSTRUCTION, format_prompt
 from .records import Sample
-from .study_release import StudyRelease, sha256_text
+from .study_release import PROMPT_MODULE, StudyRelease, sha256_text
 
 # What a perturbation puts between its added text and the question (study style only).
 DISTRACTOR_JOIN = "distractor_join"
+# The fields of the study's prompt formats (`prompt_format.format(system_prompt=...,
+# user_input=...)` in its modules/models/local.py).
+PLAIN_FIELDS = ("system_prompt", "user_input")
 
 
 class PromptStyleError(MibenchError, ValueError):
@@ -57,6 +61,12 @@ class PromptStyle:
         text = self.user_text(sample, suffix)
         return f"{self.system}\n{text}" if self.system else text
 
+    def plain_prompt(self, sample: Sample, prompt_format: str, bos: str, suffix: str = ""
+                     ) -> str:
+        """The whole prompt of a model without a chat template: its `prompt_format` around
+        `plain_text` (`{prompt}`, `{bos}`: its BOS token)."""
+        return prompt_format.format(prompt=self.plain_text(sample, suffix), bos=bos)
+
     def messages(self, sample: Sample, suffix: str = "") -> list[dict]:
         """A chat in the processor chat-template format: a system turn if the style has
         one, then the user's turn with the image first."""
@@ -81,10 +91,24 @@ class StudyPrompt(PromptStyle):
 
     name = "study"
 
-    def __init__(self, system: str = "qa_image_prompt", release: Any = None) -> None:
+    def __init__(self, system: str = "qa_image_prompt", release: Any = None,
+                 plain_format: str | None = None) -> None:
         self.release = StudyRelease.from_config(release)
         self.system_name = system
         self.system = self.release.system_prompt(system)
+        # The study's own format for a model without a chat template, by its name in the
+        # prompt module (its InstructBLIP: `blip_visual_format`); None: the model's own.
+        self.plain_format_name = plain_format
+        self.plain_format = None
+        if plain_format is not None:
+            self.plain_format = self.release.string(PROMPT_MODULE, plain_format)
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.plain_format)
+                      if f is not None}
+            if fields != set(PLAIN_FIELDS):
+                raise PromptStyleError(
+                    f"prompt style study: {plain_format} of the release has the fields "
+                    f"{sorted(fields)}, not {list(PLAIN_FIELDS)}; name a prompt format of "
+                    "its prompt module, or none (the model's prompt_format)")
 
     def user_text(self, sample: Sample, suffix: str = "") -> str:
         question = sample.question
@@ -94,6 +118,15 @@ class StudyPrompt(PromptStyle):
                           for letter, option in zip(sample.letters, sample.options))
         return f"Question:\n{question}\nOption:\n{options}{suffix}"
 
+    def plain_prompt(self, sample: Sample, prompt_format: str, bos: str, suffix: str = ""
+                     ) -> str:
+        """The study's format where it names one (see __init__): it replaces the model's,
+        as the study's `prompt_format` did; the tokenizer adds BOS."""
+        if self.plain_format is None:
+            return super().plain_prompt(sample, prompt_format, bos, suffix)
+        return self.plain_format.format(system_prompt=self.system,
+                                        user_input=self.user_text(sample, suffix))
+
     def distractor_span(self, sample: Sample) -> tuple[int, int]:
         start = len("Question:\n")
         return start, start + len(sample.distractor)
@@ -102,7 +135,8 @@ class StudyPrompt(PromptStyle):
         return {"style": self.name, "system": self.system_name,
                 "system_sha256": sha256_text(self.system),
                 "layout": "Question:\\n{distractor}{join}{question}\\nOption:\\n{letter}: "
-                          "{option}\\n...", "release": self.release.describe()}
+                          "{option}\\n...", "plain_format": self.plain_format_name,
+                "release": self.release.describe()}
 
 
 STYLES: dict[str, type[PromptStyle]] = {"default": PromptStyle, "study": StudyPrompt}

@@ -374,9 +374,8 @@ class HFModelAdapter(HFWhiteBox):
         rendered = self._rendered.get(key)
         if rendered is None:
             if self.chat_template is None:
-                rendered = self.prompt_format.format(
-                    prompt=self.prompt.plain_text(sample, suffix),
-                    bos=self.tokenizer.bos_token or "")
+                rendered = self.prompt.plain_prompt(sample, self.prompt_format,
+                                                    self.tokenizer.bos_token or "", suffix)
             else:
                 rendered = self.apply_chat_template(self.prompt.messages(sample, suffix))
             if len(self._rendered) >= RENDER_CACHE_SIZE:

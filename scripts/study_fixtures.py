@@ -29,6 +29,8 @@ from pathlib import Path
 
 FIXTURE_SYSTEM = "You answer questions about shapes and colours. Give the option letter."
 FIXTURE_SUFFIX = "\nAnswer with one letter."
+# A prompt format for models without a chat template (the study's `blip_visual_format`).
+FIXTURE_PLAIN_FORMAT = "{system_prompt}\n{user_input} Reply: "
 # Fixture sentences (two lists, as the study's pool concatenates several), in toy words.
 FIXTURE_SENTENCES = (
     ("Anna has a red ball.", "Max has a blue box.", "Lena has a green kite."),
@@ -51,6 +53,7 @@ def write_release(root: Path, system: str = FIXTURE_SYSTEM) -> Path:
     (prompt / "__init__.py").write_text(
         "from .text_interfere import *\n\n"
         'llava_visual_format = """{system_prompt}\\nUSER: <image>\\n{user_input}\\nASSISTANT:"""\n'
+        f"blip_visual_format = {json.dumps(FIXTURE_PLAIN_FORMAT)}\n"
         f'qa_prompt = """{system} No explanation."""\n'
         f'qa_image_prompt = """{system}"""\n')
     lists = "".join(f"    facts_{i} = [\n" + "".join(f"        {json.dumps(s)},\n" for s in group)

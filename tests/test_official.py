@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ListTask, image_heavy_samples, make_image, text_heavy_samples
+from families_builders import load as load_family
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -26,6 +27,7 @@ from PIL import Image
 from study_fixtures import (
     DATASETS,
     FIXTURE_DRAWS,
+    FIXTURE_PLAIN_FORMAT,
     FIXTURE_SENTENCES,
     FIXTURE_SETTINGS,
     FIXTURE_SUFFIX,
@@ -62,6 +64,7 @@ from mibench.runner import run_benchmark
 from mibench.seeding import rng_for
 from mibench.study_release import (
     PINNED_SHA256,
+    PROMPT_MODULE,
     STUDY_COMMIT,
     ReleaseError,
     StudyRelease,
@@ -86,6 +89,9 @@ OFFICIAL_TASKS = ["study_mini_imagenet", "study_caltech101", "study_mmlu", "stud
 RELEASED_SYSTEM_SHA256 = "484865b585c596f2d9bad5c46e2de830acab23cbc6e049140d6117f590e2886f"
 RELEASED_POOL_SHA256 = "da768227dfcebe3d8a3dfafcefdb46d4a85a1d226e48ca6897d1f80e0d656d31"
 RELEASED_SUFFIX_SHA256 = "f600658ae5a2b06132904fcee311d4cd595b62c8ba946ebce7b4666a68bc17f4"
+# and of blip_visual_format, its prompt format for InstructBLIP (no chat template)
+RELEASED_PLAIN_FORMAT_SHA256 = (
+    "5aff8760fb88bb0645915284890bcc516692410bd7c534d1b28b16596a3289ce")
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +172,9 @@ def test_the_real_release_gives_the_texts_the_protocol_pins(monkeypatch):
     assert pool.describe()["sha256"] == RELEASED_POOL_SHA256
     assert sha256_text(release.system_prompt()) == RELEASED_SYSTEM_SHA256
     assert release.retry_suffix() == RETRY_PROFILES["study"].suffix
+    assert sha256_text(release.string(PROMPT_MODULE, "blip_visual_format")) == (
+        RELEASED_PLAIN_FORMAT_SHA256)
+    assert prompt_style({"style": "study", "plain_format": "blip_visual_format"}).plain_format
     for settings in release.inference_settings().values():
         assert (settings["max_new_tokens"], settings["repetition_penalty"],
                 settings["temperature"], settings["retry_thres"]) == (10, 1.2, 0.0, 2)
@@ -212,7 +221,44 @@ def test_the_study_style_writes_the_released_layout():
     assert turns[1]["content"][0] == {"type": "image"}  # image first, as the study's messages
     assert turns[1]["content"][1]["text"] == text
     assert style.plain_text(spaced) == f"{FIXTURE_SYSTEM}\n{text}"
+    assert style.plain_prompt(spaced, "{bos}{prompt}\nAnswer:", "<s>") == (
+        f"<s>{FIXTURE_SYSTEM}\n{text}\nAnswer:")  # no format of its own: the model's
     assert style.describe()["system_sha256"] == sha256_text(FIXTURE_SYSTEM)
+    # its format for a model without a chat template replaces the model's
+    blip = prompt_style({"style": "study", "release": UNVERIFIED,
+                         "plain_format": "blip_visual_format"})
+    assert blip.plain_prompt(spaced, "{prompt}\nAnswer:", "<s>", "\nRetry.") == (
+        FIXTURE_PLAIN_FORMAT.format(system_prompt=FIXTURE_SYSTEM,
+                                    user_input=text + "\nRetry."))
+    assert blip.describe()["plain_format"] == "blip_visual_format"
+    with pytest.raises(PromptStyleError, match=r"qa_prompt of the release has the fields \[\]"):
+        prompt_style({"style": "study", "release": UNVERIFIED, "plain_format": "qa_prompt"})
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl", "instructblip"])
+def test_the_study_prompt_through_each_familys_template(name, tmp_path, one_thread):
+    """local.py's chat(): the system turn and the user's turn, image first, through the
+    model's own chat template; the study's plain format where there is none (InstructBLIP)."""
+    _, adapter = load_family(name, tmp_path)
+    adapter.prompt = prompt_style({"style": "study", "release": UNVERIFIED,
+                                   "plain_format": "blip_visual_format"})
+    sample = study_sample(distractor="Anna has a red ball.", meta={DISTRACTOR_JOIN: ""})
+    user = adapter.prompt.user_text(sample)
+    rendered = adapter.render(sample)
+    want = {
+        # llava-hf's template: the system text, a space, then "USER: <image>\n...", " "
+        "llava": f"{FIXTURE_SYSTEM} USER: <image>\n{user} ASSISTANT:",
+        # Qwen's: the study's system turn replaces "You are a helpful assistant."
+        "qwen2_5_vl": (f"<|im_start|>system\n{FIXTURE_SYSTEM}<|im_end|>\n<|im_start|>user\n"
+                       f"<|vision_start|><|image_pad|><|vision_end|>{user}<|im_end|>\n"
+                       "<|im_start|>assistant\n"),
+        "instructblip": FIXTURE_PLAIN_FORMAT.format(system_prompt=FIXTURE_SYSTEM,
+                                                    user_input=user)}[name]
+    assert rendered == want
+    inputs = adapter.encode([sample])  # and the processor takes it
+    where = adapter.distractor_positions([sample], inputs)[0]
+    assert adapter.tokenizer.decode(inputs["input_ids"][0][where]).replace(" ", "") == (
+        "Annahasaredball.")
 
 
 def test_the_adapter_renders_through_its_style(tiny_checkpoint, one_thread):
@@ -266,6 +312,7 @@ def test_released_items_map_field_by_field(name, study_root):
                                   np.asarray(want.convert("RGB")))
     described = t.describe()
     assert described["data_digest"].startswith("sha256:") and described["file"] == t.file
+    assert described["source"] == "data_root/study_data"  # never this machine's path
     expected_reference = "random_pixels" if t.category == "text_heavy" else "clean"
     assert t.reference == expected_reference
     assert described.get("reference", "clean") == expected_reference
@@ -500,7 +547,9 @@ def test_the_resolved_config_is_the_released_protocol(tmp_path):
     assert pins["modules/prompt/text_interfere.py"] == (
         "a25403808f351ceb44e4eeebdf43de007b9eca60daba6dbda8b89a97a4b9a5a3")
     # src/predict.py passes qa_image_prompt as the system prompt for every family and mode
+    # local.py's InstructBLIP (no chat template) formats with blip_visual_format
     assert resolved["model"]["prompt"] == {"style": "study", "system": "qa_image_prompt",
+                                           "plain_format": "blip_visual_format",
                                            "release": grid["study_release"]}
     tasks = grid["tasks"]
     assert list(tasks) == OFFICIAL_TASKS
@@ -606,6 +655,8 @@ def check_official_document(document: dict, out: Path) -> None:
     assert document["conditions"]["random_pixels"]["params"]["size"] == [336, 336]
     donors = document["conditions"]["switched_image"]["params"]["donors_task"]
     assert donors["images"] == 5 and donors["data_digest"].startswith("sha256:")
+    assert {t["source"] for t in document["tasks"].values()} | {donors["source"]} == {
+        "data_root/study_data"}
     table = (out / "table.md").read_text()
     assert "| study_mmlu | random_pixels (reference) |" in table
 
