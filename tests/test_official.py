@@ -180,6 +180,26 @@ def test_the_real_release_gives_the_texts_the_protocol_pins(monkeypatch):
                 settings["temperature"], settings["retry_thres"]) == (10, 1.2, 0.0, 2)
 
 
+@pytest.mark.skipif(not os.environ.get("MIBENCH_STUDY_CODE_PINNED"),
+                    reason="set MIBENCH_STUDY_CODE_PINNED to a clone of the study's repository "
+                           f"at {STUDY_COMMIT} to check the benchmark against its real files")
+def test_the_benchmark_resolves_to_the_real_releases_values(tmp_path, monkeypatch):
+    """Each value of `benchmark=cai2025_official` that the released code sets, read from that
+    code (verified against the pinned digests) rather than from a comment."""
+    monkeypatch.setenv("MIBENCH_STUDY_CODE", os.environ["MIBENCH_STUDY_CODE_PINNED"])
+    release = StudyRelease()
+    resolved = OmegaConf.to_container(compose_official(
+        tmp_path, f"out_dir={tmp_path / 'out'}", scorer=HAS_SCORER), resolve=True)
+    style = prompt_style(resolved["model"]["prompt"])
+    assert style.system == release.system_prompt("qa_image_prompt")
+    assert style.plain_format == release.string(PROMPT_MODULE, "blip_visual_format")
+    unrelated = instantiate(resolved["grid"]["conditions"]["unrelated_text"])
+    assert unrelated.n_sentences == release.unrelated_pool().draws
+    assert unrelated.sentences == list(release.unrelated_pool().sentences)
+    if HAS_SCORER:
+        check_scorer_against(resolved["scorer"], release)
+
+
 # -- prompt styles -----------------------------------------------------------------------------
 def study_sample(**changes) -> Sample:
     base = Sample(id="s1", question="What shape is in the image?",
@@ -621,6 +641,17 @@ def test_the_scorer_is_the_released_generation_protocol(tmp_path):
     profile = retry_profile(profiles[0] if isinstance(profiles[0], str) else "study")
     assert hashlib.sha256(profile.suffix.encode()).hexdigest() == RELEASED_SUFFIX_SHA256
     assert profile.retries == 1
+
+
+def check_scorer_against(scorer: dict, release: StudyRelease) -> None:
+    """The scorer config against every zero-shot inference config of the release."""
+    profile = retry_profile(scorer["retry"])
+    assert profile.suffix == release.retry_suffix()
+    for path, settings in release.inference_settings().items():
+        assert settings["temperature"] == 0.0, path  # local.py: do_sample False, greedy
+        assert scorer["max_new_tokens"] == settings["max_new_tokens"], path
+        assert scorer["repetition_penalty"] == settings["repetition_penalty"], path
+        assert 1 + profile.retries == settings["retry_thres"], path  # asks in all
 
 
 def official_run(tmp_path: Path, checkpoint: str, root: Path, *extra: str, scorer: bool):
