@@ -17,20 +17,29 @@ unreadable answer counts as wrong), and over the samples it counts as answered: 
 answer its rule reads as a letter (in range or not) plus, outside VQA, those whose raw answer
 contains the gold option's text (counted answered but wrong: its `flag == True` is a no-op).
 
-    python -m mibench.study_report RUN_DIR [--model LLaVA-1.5-7B]
+With generated answers (scorer=study) the report also gives those two per dataset and
+condition: the run's items are rebuilt from its config (the evaluator's text check needs
+each gold option's text) and must have the run's data digest.
+
+    python -m mibench.study_report RUN_DIR [--model LLaVA-1.5-7B] [--data-root DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .bounded_json import read_json_file
+from .errors import MibenchError
+from .records import Record
 from .report import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
+from .store import RECORDS_FILE, read_records
 
 PAGE = "docs/index.html L390-419 (project page text)"
 FIG_PERTURBATION = "docs/static/images/perturbation_comparison.png (read off the figure)"
@@ -182,6 +191,71 @@ def study_accuracies(outcomes: Iterable[Outcome]) -> dict[str, float | int]:
             "correct": correct, "reported": len(outcomes), "ignored": len(outcomes) - answered}
 
 
+# The one task class whose items the report rebuilds from a run's config (the config is
+# data read from a file: nothing else is instantiated from it).
+STUDY_TASK_CLASS = "mibench.tasks.study_data.StudyDataTask"
+
+
+class StudyReportError(MibenchError):
+    """A run the study's accuracies cannot be computed for, with what to do."""
+
+
+def gold_texts(document: dict, data_root: str | None = None) -> dict[str, tuple[str, dict]]:
+    """task -> (category, {sample id: gold option text}) for the study's item tasks of a
+    run, rebuilt from the run's own config (`data_root` replaces the one it ran with) and
+    checked against the run's data digest: the evaluator's text check needs the options."""
+    from .tasks.study_data import StudyDataTask  # lazy: the comparison alone needs no data
+
+    tasks = document.get("config", {}).get("grid", {}).get("tasks", {})
+    described = document.get("tasks", {})
+    allowed = set(inspect.signature(StudyDataTask).parameters)
+    out = {}
+    for name, config in tasks.items():
+        if not isinstance(config, dict) or config.get("_target_") != STUDY_TASK_CLASS:
+            continue
+        kwargs = {k: v for k, v in config.items() if k in allowed}
+        if data_root is not None:
+            kwargs["data_dir"] = data_root
+        task = StudyDataTask(**kwargs)
+        samples = task.samples()
+        want = described.get(name, {}).get("data_digest")
+        if want is not None and task.data_digest() != want:
+            raise StudyReportError(
+                f"task {name!r}: the items found ({task.data_digest()}) are not those the run "
+                f"scored ({want}); pass --data-root with the copy the run used")
+        out[name] = (task.category, {s.id: s.options[s.answer] for s in samples})
+    return out
+
+
+def study_table(records: Sequence[Record], golds: dict[str, tuple[str, dict]]) -> list[dict]:
+    """The study's two accuracies per task and condition of a generated run (each record's
+    last response is what the study stores as its raw answer)."""
+    cells: dict[tuple[str, str], list[Outcome]] = {}
+    for record in records:
+        generated = getattr(record, "generated", None)
+        if record.task not in golds or generated is None:
+            continue
+        category, texts = golds[record.task]
+        cells.setdefault((record.task, record.condition), []).append(Outcome(
+            record.correct, generated.responses[-1], texts.get(record.sample_id, ""),
+            category))
+    return [{"task": task, "condition": condition, **study_accuracies(outcomes)}
+            for (task, condition), outcomes in cells.items()]
+
+
+def format_study_table(rows: Sequence[dict]) -> str:
+    lines = ["The study's two accuracies (src/batch_evaluate.py): over all samples, and over "
+             "those its evaluator counts as answered",
+             "", "| dataset | condition | all_report_accuracy % | ignore_accuracy % | correct | "
+             "reported | ignored |", "|" + "---|" * 7]
+    for row in rows:
+        lines.append(f"| {row['task']} | {row['condition']} | "
+                     f"{100 * row['all_report_accuracy']:.1f} | "
+                     f"{100 * row['ignore_accuracy']:.1f} | {row['correct']} | "
+                     f"{row['reported']} | {row['ignored']} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mibench.study_report",
                                      description=__doc__.splitlines()[0])
@@ -189,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default=LLAVA,
                         help=f"the published model to compare with (default {LLAVA})")
     parser.add_argument("--json", help="also write the comparison as JSON here")
+    parser.add_argument("--data-root", help="where the study's data is now, if not where the "
+                        "run read it (its data_root); the items must be the same")
     args = parser.parse_args(argv)
     path = Path(args.run)
     path = path / METRICS_FILE if path.is_dir() else path
@@ -198,11 +274,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = sorted({p.model for p in PUBLISHED})
         parser.error(f"no published figures for {args.model!r}; there are for {models}")
     print(format_comparison(rows, args.model))
+    study_rows = []
+    records_path = path.parent / RECORDS_FILE
+    records = read_records(records_path)
+    if any(getattr(r, "generated", None) is not None for r in records):
+        try:
+            study_rows = study_table(records, gold_texts(document, args.data_root))
+        except MibenchError as err:  # user-fixable (missing data): one line, comparison kept
+            print(f"python -m mibench.study_report: {err}", file=sys.stderr)
+            return 2
+        print()
+        print(format_study_table(study_rows))
+    else:
+        print(f"\nThe study's two accuracies need generated answers ({records_path} holds "
+              "none: scored by likelihood); run with scorer=study.")
     if args.json:
-        Path(args.json).write_text(json.dumps([{
+        Path(args.json).write_text(json.dumps({"comparison": [{
             "task": r.published.task, "condition": r.published.condition, "ours": r.ours,
             "published": r.published.value, "tolerance": r.published.tolerance,
-            "within": r.within, "source": r.published.source} for r in rows], indent=1) + "\n")
+            "within": r.within, "source": r.published.source} for r in rows],
+            "study_accuracies": study_rows}, indent=1) + "\n")
     return 0
 
 

@@ -614,33 +614,24 @@ def test_the_resolved_config_is_the_released_protocol(tmp_path):
         n: {k: v for k, v in t.items() if k != "data_dir"} for n, t in tasks.items()}
 
 
-def find(node, key):
-    """Every value of `key` anywhere in a nested config."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == key:
-                yield v
-            yield from find(v, key)
-    elif isinstance(node, list):
-        for v in node:
-            yield from find(v, key)
-
-
 @pytest.mark.skipif(not HAS_SCORER, reason=NO_SCORER)
 def test_the_scorer_is_the_released_generation_protocol(tmp_path):
     """configs/model_inference/*/args_*.yaml: max_new_tokens 10, repetition_penalty 1.2,
-    temperature 0 (greedy), retry_thres 2 (two asks: one retry); read_utils'
-    extract_final_choice; model_utils' retry suffix (sha256 of the literal in the pinned file)."""
-    scorer = OmegaConf.to_container(compose_official(tmp_path, scorer=True).scorer,
-                                    resolve=True)
-    assert list(find(scorer, "max_new_tokens")) == [10]
-    assert list(find(scorer, "repetition_penalty")) == [1.2]
-    assert "study" in [v for v in find(scorer, "parser") if isinstance(v, str)] + [
-        v.get("name") for v in find(scorer, "parser") if isinstance(v, dict)]
-    profiles = [v for v in find(scorer, "retry") if v is not None]
-    profile = retry_profile(profiles[0] if isinstance(profiles[0], str) else "study")
-    assert hashlib.sha256(profile.suffix.encode()).hexdigest() == RELEASED_SUFFIX_SHA256
-    assert profile.retries == 1
+    temperature 0 (local.py: do_sample False, greedy), retry_thres 2 (two asks: one retry);
+    read_utils' extract_final_choice; model_utils' retry suffix (sha256 of the literal in the
+    pinned file)."""
+    from mibench.answer_parsing import StudyParser
+
+    cfg = compose_official(tmp_path, f"out_dir={tmp_path / 'out'}", scorer=True)
+    scorer = instantiate(cfg.scorer)
+    described = scorer.describe()
+    assert (described["name"], described["decoding"], described["max_new_tokens"],
+            described["repetition_penalty"], described["stop"]) == (
+        "study", "greedy", 10, 1.2, [])
+    # A-Z on image-heavy sets, A-D elsewhere, either case, whatever the item's options
+    assert isinstance(scorer.parser, StudyParser) and scorer.parser.span == "study"
+    assert scorer.profile.retries == 1
+    assert hashlib.sha256(scorer.profile.suffix.encode()).hexdigest() == RELEASED_SUFFIX_SHA256
 
 
 def check_scorer_against(scorer: dict, release: StudyRelease) -> None:
@@ -792,6 +783,56 @@ def test_the_studys_two_accuracies_follow_its_evaluator():
     assert got["reported"] == 7 and got["correct"] == 1 and got["ignored"] == 3
     assert got["all_report_accuracy"] == pytest.approx(1 / 7)
     assert got["ignore_accuracy"] == pytest.approx(1 / 4)
+
+
+def generated_run(root: Path, out: Path, responses: list[str], predictions: list) -> Path:
+    """A run directory as a generated cai2025_official run writes it: study_openbookqa's
+    first items under one condition, answered with `responses`."""
+    from mibench.records import Generated, Record
+
+    config = OmegaConf.to_container(OmegaConf.load(CONF / "task" / "study_openbookqa.yaml"))
+    config["data_dir"] = str(root)
+    t = instantiate(config)
+    samples = t.samples()[:len(responses)]
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({
+        "config": {"grid": {"tasks": {t.name: config}}},
+        "tasks": {t.name: t.describe()}, "results": {}}))
+    records = [Record(t.name, "switched_image", s.id, None,
+                      None if p is None else s.answer + p, s.answer,
+                      generated=Generated((r,), None if p is not None else "no_letter", None,
+                                          len(s.options)))
+               for s, r, p in zip(samples, responses, predictions, strict=True)]
+    (out / "records.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+    return out
+
+
+@pytest.mark.skipif(not HAS_SCORER, reason=NO_SCORER)
+def test_the_report_gives_the_studys_accuracies_of_a_generated_run(study_root, tmp_path,
+                                                                   capsys):
+    from mibench.study_report import main as report_main
+
+    first, _, gold = task("study_openbookqa", study_root).samples()[:3]
+    gold_text = gold.options[gold.answer]
+    assert not re.search(r"\b[A-Da-d]\b", gold_text)
+    # read and right; nothing read; nothing read but the gold text inside (the study counts
+    # it answered, and wrong); "E" (not a letter its text-heavy rule reads)
+    run = generated_run(study_root, tmp_path / "run", [
+        first.letters[first.answer], "none of them", f"Then {gold_text}", "E"],
+        [0, None, None, None])
+    assert report_main([str(run), "--json", str(tmp_path / "c.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "| study_openbookqa | switched_image | 25.0 | 50.0 | 1 | 4 | 2 |" in printed
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["study_accuracies"] == [{
+        "task": "study_openbookqa", "condition": "switched_image", "all_report_accuracy": 0.25,
+        "ignore_accuracy": 0.5, "correct": 1, "reported": 4, "ignored": 2}]
+    # the items must be those the run scored
+    document = json.loads((run / "metrics.json").read_text())
+    document["tasks"]["study_openbookqa"]["data_digest"] = "sha256:" + "0" * 64
+    (run / "metrics.json").write_text(json.dumps(document))
+    assert report_main([str(run)]) == 2
+    assert "are not those the run scored" in capsys.readouterr().err
 
 
 def test_image_heavy_samples_keep_their_facts_through_the_default_prompt():
