@@ -1,4 +1,5 @@
-"""The only module that talks to Accelerate: who am I, which batches are mine, gather.
+"""The only module that imports Accelerate: who am I, which batches are mine, gather; and
+the training run's `Accelerator` (whose methods the trainer then calls).
 
 Work is split by whole batches of one global batch plan, so every sample is computed in the
 same batch whatever the number of processes: records are bit-identical for 1 or N processes.
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
-from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object
 
 T = TypeVar("T")
 
@@ -51,3 +52,19 @@ def gather(items: list[T], processes: Processes) -> list[T]:
 def barrier(processes: Processes) -> None:
     if processes.count > 1:
         PartialState().wait_for_everyone()
+
+
+def training_accelerator(precision: str) -> Accelerator:
+    """The trainer's Accelerator: DDP that tolerates parameters a loss term leaves unused
+    (an objective without L_adv, say), on the CPU when there is no GPU."""
+    return Accelerator(
+        mixed_precision=precision, cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    """FSDP or DeepSpeed ZeRO-3: parameters are sharded across processes."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return bool(plugin is not None and getattr(plugin, "zero_stage", 0) == 3)

@@ -87,10 +87,6 @@ class Sample:
     def letters(self) -> tuple[str, ...]:
         return tuple(OPTION_LETTERS[: len(self.options)])
 
-    @property
-    def relevant_modalities(self) -> frozenset[str]:
-        return RELEVANT_MODALITIES[self.category]
-
 
 def _shown(value: Any) -> str:
     text = repr(value)

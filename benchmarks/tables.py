@@ -10,7 +10,7 @@ Two layouts:
   table per dataset, a row per condition and a column per model.
 Input: run directories (holding metrics.json) or metrics.json files.
 
-    python scripts/render_tables.py outputs/llava7b outputs/llava7b-ft --out tables/
+    mibench tables outputs/llava7b outputs/llava7b-ft --out tables/
     mibench tables runs/* --layout study --conditions clean unrelated_text misleading_text \
         random_pixels black_image switched_image     # the conditions Figure 1 draws
 """

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
 from collections import defaultdict
 from collections.abc import Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,20 @@ from tqdm.auto import tqdm
 
 from mibench.models.base import DifferentiableAdapter, WhiteBoxError
 
-from . import __version__
+from . import __version__, distributed
 from .atomic import write_text_atomic
 from .cli import asset_path  # noqa: F401  (registers the mibench_asset resolver)
-from .errors import MibenchError
 from .provenance import public_config, public_model, public_override, shown_path
 from .report import config_hash, git_sha
-from .store import differences
+from .training_checkpoints import (
+    CHECKPOINTS,
+    ResumeConfigError,
+    check_resume,
+    checkpoint_step,
+    latest_checkpoint,
+    save_checkpoint,
+    trim_log,
+)
 from .training_data import TrainingStream, check_disjoint
 from .training_objective import LossWeights, batch_loss
 from .training_report import (
@@ -50,24 +57,19 @@ from .training_report import (
     trained_model_config,
     write_model_card,
 )
+from .training_weights import apply_lora, freeze_modules, lr_factor
 
 log = logging.getLogger("mibench.train")
+__all__ = ["ResumeConfigError", "train", "main"]
 
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "train_config.yaml"
 SUMMARY_FILE = "summary.json"
 LOG_FILE = "train_log.jsonl"
-FINGERPRINT_FILE = "fingerprint.json"
 # What the trained weights depend on (not logging, progress, evaluation or where they go):
 # a resumed run must agree on every one of them, and the process count and base weights.
 WEIGHT_KEYS = ("model", "train", "data", "optim", "seed", "task", "perturbation", "lora",
                "freeze", "precision", "steps", "batch_size", "micro_batch_size", "threads",
                "gradient_checkpointing")
-
-
-class ResumeConfigError(MibenchError, RuntimeError):
-    """A run directory holds checkpoints of a run whose weights would differ from this one's."""
 
 
 def train_id(*, _root_: DictConfig) -> str:
@@ -140,47 +142,6 @@ def _instantiate_all(configs: Mapping[str, DictConfig], kind: str) -> dict[str, 
     return out
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up, then cosine to 0, linear to 0, or constant."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    raise ValueError(f"optim.schedule={schedule!r} is not one of constant, linear, cosine")
-
-
-def freeze_modules(model: torch.nn.Module, prefixes: list[str]) -> int:
-    """No gradient for parameters under each prefix (e.g. model.vision_tower); returns count."""
-    frozen = 0
-    for prefix in prefixes:
-        hits = [p for n, p in model.named_parameters() if n == prefix or n.startswith(prefix + ".")]
-        if not hits:
-            names = sorted({n.rsplit(".", 2)[0] for n, _ in model.named_parameters()})[:12]
-            raise ValueError(f"freeze: no parameter under {prefix!r} in {type(model).__name__}; "
-                             f"parameter prefixes start like {names}")
-        for p in hits:
-            p.requires_grad_(False)
-            frozen += p.numel()
-    return frozen
-
-
-def apply_lora(model: torch.nn.Module, lora: DictConfig) -> torch.nn.Module:
-    """peft LoRA on the language model's projections; merged back before saving."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as err:
-        raise ImportError("lora.enabled=true needs peft: pip install 'mibench[lora]'") from err
-    config = LoraConfig(r=int(lora.r), lora_alpha=int(lora.alpha), lora_dropout=float(lora.dropout),
-                        target_modules=lora.target_modules if isinstance(lora.target_modules, str)
-                        else list(lora.target_modules), bias="none")
-    return get_peft_model(model, config)
-
-
 # -- logging -----------------------------------------------------------------------------------
 class ScalarLog:
     """Training scalars to the `logger=` backend (if it takes them) and to train_log.jsonl."""
@@ -196,195 +157,171 @@ class ScalarLog:
         self.logger.log_scalars(step, values)
 
 
-# -- checkpoints -------------------------------------------------------------------------------
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    done = sorted(p for p in (run_dir / CHECKPOINTS).glob("step-*")
-                  if (p / STATE_FILE).is_file())
-    return done[-1] if done else None
+# -- the run, step by step ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepPlan:
+    """How one optimiser step is cut: `batch` rows = processes x `accum` micro-batches."""
+
+    steps: int
+    batch: int
+    micro: int
+    processes: int
+
+    @property
+    def accum(self) -> int:
+        return self.batch // (self.micro * self.processes)
+
+    @classmethod
+    def of(cls, cfg: DictConfig, processes: int) -> StepPlan:
+        plan = cls(int(cfg.steps), int(cfg.batch_size), int(cfg.micro_batch_size), processes)
+        if plan.batch % (plan.micro * processes):
+            raise ValueError(f"batch_size={plan.batch} must be a multiple of micro_batch_size="
+                             f"{plan.micro} x {processes} process(es)")
+        return plan
 
 
-def save_checkpoint(accelerator, run_dir: Path, step: int, keep: int) -> Path:
-    """save_state into a temporary directory, renamed when complete: a kill mid-save leaves
-    the previous checkpoint as the latest one."""
-    root = run_dir / CHECKPOINTS
-    final, partial = root / f"step-{step:07d}", root / f"partial-{step:07d}"
+@dataclass
+class Trainee:
+    """The model being trained, reached through its adapter, and what optimises it."""
+
+    adapter: DifferentiableAdapter
+    trainable: torch.nn.Module  # the model, LoRA-wrapped or not, prepared by Accelerate
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    base_lrs: list[float]  # the schedule scales these (load_state would overwrite the groups')
+    base_info: dict
+    frozen: int
+
+    @property
+    def trained_parameters(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+
+def weights_config(cfg: DictConfig) -> dict:
+    """The settings the trained weights depend on (WEIGHT_KEYS), resolved."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True)
+            if isinstance(cfg.get(k), DictConfig) else cfg.get(k) for k in WEIGHT_KEYS}
+
+
+def claim_run_dir(accelerator: Any, run_dir: Path, settings: dict) -> None:
+    """Create the run directory, or check that the run it holds had these settings."""
     if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_text_atomic(partial / STATE_FILE, json.dumps({"step": step}) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-        for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def check_resume(run_dir: Path, fingerprint: dict, part: str) -> None:
-    """Refuse to continue a run whose `part` of the fingerprint (the config; later the
-    process count and base weights) differs, naming each setting; record it otherwise."""
-    path = run_dir / FINGERPRINT_FILE
-    stored = json.loads(path.read_text()) if path.is_file() else {}
-    new = json.loads(json.dumps(fingerprint[part], sort_keys=True, default=str))
-    if part in stored and stored[part] != new:
-        changed = differences(stored[part], new)
-        shown = "\n".join(f"  - {line}" for line in changed[:20])
-        raise ResumeConfigError(
-            f"{run_dir} holds a training run with other settings, and each of these changes "
-            f"the weights, so it cannot be resumed under them:\n{shown}\n"
-            "Choose another run directory (hydra.run.dir=... run_dir=...), or delete this one "
-            "to start over.")
-    write_text_atomic(path, json.dumps({**stored, part: new}, indent=2, sort_keys=True) + "\n")
-
-
-def trim_log(path: Path, last_step: int) -> None:
-    """Keep only log rows up to the checkpoint a run resumes from (rows past it are logged
-    again), and drop a row cut short by a kill."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and (
-                row["step"] <= last_step):
-            kept.append(line + "\n")
-    write_text_atomic(path, "".join(kept))
-
-
-# -- the run -----------------------------------------------------------------------------------
-def train(cfg: DictConfig) -> dict | None:
-    """Train, save, evaluate and write the model card; returns the summary (main process)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    run_dir, out_dir = Path(cfg.run_dir), Path(cfg.out_dir)
-    accelerator = Accelerator(
-        mixed_precision=str(cfg.precision), cpu=not torch.cuda.is_available(),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    main = accelerator.is_main_process
-    seed, optim = int(cfg.seed), cfg.optim
-    weights_config = {k: OmegaConf.to_container(cfg[k], resolve=True)
-                      if isinstance(cfg.get(k), DictConfig) else cfg.get(k) for k in WEIGHT_KEYS}
-    procs = accelerator.num_processes
-    if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        check_resume(run_dir, {"config": weights_config}, "config")
+        check_resume(run_dir, {"config": settings}, "config")
         write_text_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(
-            public_config(weights_config))))
+            public_config(settings))))
     accelerator.wait_for_everyone()
 
-    # data: train splits only, never an id the evaluation scores
-    task_cfgs, condition_cfgs = training_plugins(cfg)
+
+def training_stream(cfg: DictConfig, task_cfgs: Mapping[str, DictConfig],
+                    condition_cfgs: Mapping[str, DictConfig]) -> TrainingStream:
+    """Train splits only, paired with their perturbed twins; never an id an evaluation scores."""
     stream = TrainingStream(_instantiate_all(task_cfgs, "task"),
-                            _instantiate_all(condition_cfgs, "perturbation"), seed,
+                            _instantiate_all(condition_cfgs, "perturbation"), int(cfg.seed),
                             pair_share=float(cfg.data.pair_share),
                             condition_weights=OmegaConf.to_container(
                                 cfg.data.get("condition_weights") or {}, resolve=True))
     if cfg.data.check_splits:
         check_disjoint(stream.ids, evaluation_ids(cfg, task_cfgs))
+    return stream
 
-    # model: any checkpoint a model YAML loads, one device per process
-    model_cfg = OmegaConf.merge(cfg.model, {"device": str(accelerator.device)})
-    adapter = instantiate(model_cfg)
+
+def load_trainee(cfg: DictConfig, accelerator: Any, run_dir: Path) -> Trainee:
+    """Any checkpoint a model YAML loads, one device per process, frozen / LoRA as asked, with
+    its AdamW optimiser, prepared by Accelerate."""
+    adapter = instantiate(OmegaConf.merge(cfg.model, {"device": str(accelerator.device)}))
     if not isinstance(adapter, DifferentiableAdapter):
         raise WhiteBoxError(f"model {adapter.name!r} ({type(adapter).__name__}) can only be "
                             "queried; training needs one whose weights it can reach (a "
                             "DifferentiableAdapter)")
     base_info = {k: v for k, v in adapter.describe().items() if k != "device"}
-    if main:  # the base checkpoint's files and the process count change the weights too
-        check_resume(run_dir, {"run": {"processes": procs, "base_model": base_info}}, "run")
+    if accelerator.is_main_process:  # the base weights and the process count change the result
+        check_resume(run_dir, {"run": {"processes": accelerator.num_processes,
+                                       "base_model": base_info}}, "run")
     accelerator.wait_for_everyone()
-    torch.manual_seed(seed)
+    torch.manual_seed(int(cfg.seed))
     model = adapter.model
     frozen = freeze_modules(model, list(cfg.freeze or []))
-    trainable: torch.nn.Module = model
-    if cfg.lora.enabled:
-        trainable = apply_lora(model, cfg.lora)
+    trainable: torch.nn.Module = apply_lora(model, cfg.lora) if cfg.lora.enabled else model
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable.train()
     params = [p for p in trainable.parameters() if p.requires_grad]
-    n_train = sum(p.numel() for p in params)
+    optim = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=float(optim.lr),
                                   weight_decay=float(optim.weight_decay),
                                   betas=tuple(optim.betas))
     trainable, optimizer = accelerator.prepare(trainable, optimizer)
+    return Trainee(adapter, trainable, optimizer, params,
+                   [g["lr"] for g in optimizer.param_groups], base_info, frozen)
 
-    weights = LossWeights(**OmegaConf.to_container(cfg.train.loss, resolve=True))
-    attacks = {}
-    if weights.adversarial > 0 and _sharded(accelerator):
+
+def adversarial_attacks(cfg: DictConfig, weights: LossWeights, accelerator: Any) -> dict:
+    """The PGD attacks L_adv trains against (none when its weight is 0)."""
+    if weights.adversarial <= 0:
+        return {}
+    if distributed.is_sharded(accelerator):
         raise ValueError("train.loss.adversarial > 0 needs the whole model on each process (the "
                          "PGD search runs the bare module); use DDP or ZeRO-1/2, or a recipe "
                          "without L_adv (train=consistency) under FSDP / ZeRO-3")
-    if weights.adversarial > 0:
-        attacks = {str(c): instantiate(a) for c, a in (cfg.train.adversarial or {}).items()}
-        if not attacks:
-            raise ValueError("train.loss.adversarial > 0 but train.adversarial names no attack")
+    attacks = {str(c): instantiate(a) for c, a in (cfg.train.adversarial or {}).items()}
+    if not attacks:
+        raise ValueError("train.loss.adversarial > 0 but train.adversarial names no attack")
+    return attacks
 
-    steps, batch, micro = int(cfg.steps), int(cfg.batch_size), int(cfg.micro_batch_size)
-    if batch % (micro * procs):
-        raise ValueError(f"batch_size={batch} must be a multiple of micro_batch_size={micro} x "
-                         f"{procs} process(es)")
-    accum = batch // (micro * procs)
 
-    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before load_state overwrites them
-    start_step = 0
-    resume = latest_checkpoint(run_dir)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        start_step = json.loads((resume / STATE_FILE).read_text())["step"]
-        if main:
-            print(f"resuming from {resume} (step {start_step} of {steps})", flush=True)
+def resume(accelerator: Any, run_dir: Path, steps: int) -> int:
+    """Load the last checkpoint's state, if any; returns the step to continue from."""
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return 0
+    accelerator.load_state(str(checkpoint))
+    step = checkpoint_step(checkpoint)
+    if accelerator.is_main_process:
+        print(f"resuming from {checkpoint} (step {step} of {steps})", flush=True)
+    return step
 
-    logger = instantiate(cfg.logger)
-    if main:
-        logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
-    scalars = ScalarLog(logger, run_dir / LOG_FILE, main)
-    if main and start_step > 0:
-        trim_log(run_dir / LOG_FILE, start_step)
-    if main and start_step == 0:
-        (run_dir / LOG_FILE).unlink(missing_ok=True)
-        print(f"training {n_train / 1e6:.3f} M of "
-              f"{sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters "
-              f"({frozen / 1e6:.3f} M frozen) on {len(stream)} train samples; {steps} steps of "
-              f"{batch} ({procs} process(es) x {accum} micro-batches of {micro})", flush=True)
 
-    bar = tqdm(total=steps, initial=start_step, desc=f"train {cfg.train.name}", unit="step",
-               disable=not (main and cfg.progress))
+def optimise(cfg: DictConfig, accelerator: Any, trainee: Trainee, stream: TrainingStream,
+             plan: StepPlan, objective: tuple[LossWeights, dict], scalars: ScalarLog,
+             run_dir: Path, start_step: int) -> float:
+    """The optimisation loop from `start_step`; returns its seconds.
+
+    Each step takes the next `plan.batch` pairs of the stream (row `i` of step `s` is pair
+    `s·batch + i` whatever the process count), accumulates micro-batch gradients, clips,
+    steps, logs every `log_every` steps and checkpoints every `checkpoint_every`.
+    """
+    weights, attacks = objective
+    optim, seed, procs = cfg.optim, int(cfg.seed), plan.processes
+    optimizer, trainable = trainee.optimizer, trainee.trainable
+    bar = tqdm(total=plan.steps, initial=start_step, desc=f"train {cfg.train.name}",
+               unit="step", disable=not (accelerator.is_main_process and cfg.progress))
     sums: dict[str, float] = defaultdict(float)
     seen, window_rows, window_start = 0, 0, time.time()
     started = time.time()
-    for step in range(start_step, steps):
-        factor = lr_factor(step, steps, int(optim.warmup_steps), str(optim.schedule))
-        for group, lr in zip(optimizer.param_groups, base_lrs):
+    for step in range(start_step, plan.steps):
+        factor = lr_factor(step, plan.steps, int(optim.warmup_steps), str(optim.schedule))
+        for group, lr in zip(optimizer.param_groups, trainee.base_lrs):
             group["lr"] = lr * factor
-        for k in range(accum):
-            first = step * batch + (k * procs + accelerator.process_index) * micro
-            pairs = stream.pairs(range(first, first + micro))
-            sync = accelerator.no_sync(trainable) if k < accum - 1 else nullcontext()
+        for k in range(plan.accum):
+            first = step * plan.batch + (k * procs + accelerator.process_index) * plan.micro
+            pairs = stream.pairs(range(first, first + plan.micro))
+            sync = accelerator.no_sync(trainable) if k < plan.accum - 1 else nullcontext()
             with sync:
-                loss = batch_loss(trainable, adapter, pairs, weights, attacks,
+                loss = batch_loss(trainable, trainee.adapter, pairs, weights, attacks,
                                   seed=seed, step=step)
-                accelerator.backward(loss.total / accum)
+                accelerator.backward(loss.total / plan.accum)
             for key, value in loss.terms.items():
-                sums[key] += value / accum
+                sums[key] += value / plan.accum
             window_rows += loss.rows
         if optim.max_grad_norm:
-            accelerator.clip_grad_norm_(params, float(optim.max_grad_norm))
+            accelerator.clip_grad_norm_(trainee.params, float(optim.max_grad_norm))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seen += 1
         bar.update(1)
         done = step + 1
-        if done % int(cfg.log_every) == 0 or done == steps:
+        if done % int(cfg.log_every) == 0 or done == plan.steps:
             elapsed = time.time() - window_start
             values = {k: v / seen for k, v in sums.items()}
             values.update({"lr": optimizer.param_groups[0]["lr"],
@@ -394,36 +331,67 @@ def train(cfg: DictConfig) -> dict | None:
             bar.set_postfix(loss=f"{values.get('loss/total', 0):.3f}", lr=f"{values['lr']:.1e}")
             sums.clear()
             seen, window_rows, window_start = 0, 0, time.time()
-        if cfg.checkpoint_every and done % int(cfg.checkpoint_every) == 0 and done < steps:
+        if cfg.checkpoint_every and done % int(cfg.checkpoint_every) == 0 and done < plan.steps:
             save_checkpoint(accelerator, run_dir, done, int(cfg.keep_checkpoints))
     bar.close()
-    train_seconds = time.time() - started
+    return time.time() - started
 
-    # weights: save_pretrained + processor (LoRA merged), scored by path with no extra step
+
+def save_weights(cfg: DictConfig, accelerator: Any, trainee: Trainee, out_dir: Path) -> None:
+    """save_pretrained + processor (LoRA merged), so the suite scores them by path."""
     accelerator.wait_for_everyone()
     # FSDP / ZeRO-3 hold shards: get_state_dict gathers the full weights (a collective call)
-    state = None if cfg.lora.enabled else accelerator.get_state_dict(trainable)
-    if main:
-        final = accelerator.unwrap_model(trainable)
+    state = None if cfg.lora.enabled else accelerator.get_state_dict(trainee.trainable)
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(trainee.trainable)
         if cfg.lora.enabled:
             final = final.merge_and_unload()
         if cfg.gradient_checkpointing:
             final.gradient_checkpointing_disable()
         out_dir.mkdir(parents=True, exist_ok=True)
         final.eval()
-        adapter.save_pretrained(out_dir, final, state_dict=state)
-        print(f"saved the trained model to {out_dir} ({train_seconds / 60:.1f} min of training "
-              f"from step {start_step})", flush=True)
+        trainee.adapter.save_pretrained(out_dir, final, state_dict=state)
     accelerator.wait_for_everyone()
-    del trainable, optimizer, adapter, model
+
+
+def train(cfg: DictConfig) -> dict | None:
+    """Train, save, evaluate and write the model card; returns the summary (main process)."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    run_dir, out_dir = Path(cfg.run_dir), Path(cfg.out_dir)
+    accelerator = distributed.training_accelerator(str(cfg.precision))
+    main = accelerator.is_main_process
+    settings = weights_config(cfg)
+    claim_run_dir(accelerator, run_dir, settings)
+
+    task_cfgs, condition_cfgs = training_plugins(cfg)
+    stream = training_stream(cfg, task_cfgs, condition_cfgs)
+    trainee = load_trainee(cfg, accelerator, run_dir)
+    weights = LossWeights(**OmegaConf.to_container(cfg.train.loss, resolve=True))
+    objective = (weights, adversarial_attacks(cfg, weights, accelerator))
+    plan = StepPlan.of(cfg, accelerator.num_processes)
+    start_step = resume(accelerator, run_dir, plan.steps)
+
+    logger = instantiate(cfg.logger)
+    if main:
+        logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
+        _announce(trainee, stream, plan, run_dir, start_step)
+    seconds = optimise(cfg, accelerator, trainee, stream, plan, objective,
+                       ScalarLog(logger, run_dir / LOG_FILE, main), run_dir, start_step)
+    save_weights(cfg, accelerator, trainee, out_dir)
+    if main:
+        print(f"saved the trained model to {out_dir} ({seconds / 60:.1f} min of training "
+              f"from step {start_step})", flush=True)
+    base_info, n_train = trainee.base_info, trainee.trained_parameters
+    del trainee
 
     summary: dict[str, Any] = {
         "recipe": str(cfg.train.name), "base": public_model(base_info),
         "command": _command(), "name": trained_model_config(cfg, out_dir)["name"],
         "out_dir": shown_path(out_dir),
-        "train_minutes": round(train_seconds / 60, 2), "resumed_from_step": start_step,
-        "steps": steps, "trainable_parameters": n_train, "processes": procs,
-        "suite_version": __version__, "git_sha": git_sha(), "seed": seed,
+        "train_minutes": round(seconds / 60, 2), "resumed_from_step": start_step,
+        "steps": plan.steps, "trainable_parameters": n_train, "processes": plan.processes,
+        "suite_version": __version__, "git_sha": git_sha(), "seed": int(cfg.seed),
         "data": {"tasks": {n: OmegaConf.to_container(c, resolve=True)
                            for n, c in task_cfgs.items()},
                  "perturbations": sorted(condition_cfgs), "samples": len(stream)},
@@ -436,9 +404,24 @@ def train(cfg: DictConfig) -> dict | None:
         write_text_atomic(run_dir / SUMMARY_FILE,
                           json.dumps(summary, indent=2, default=str) + "\n")
         write_model_card(out_dir, summary,
-                         OmegaConf.to_yaml(OmegaConf.create(public_config(weights_config))))
+                         OmegaConf.to_yaml(OmegaConf.create(public_config(settings))))
         logger.finish()
     return summary if main else None
+
+
+def _announce(trainee: Trainee, stream: TrainingStream, plan: StepPlan, run_dir: Path,
+              start_step: int) -> None:
+    """Trim the scalar log to a resumed checkpoint, or start it and say what will train."""
+    if start_step > 0:
+        trim_log(run_dir / LOG_FILE, start_step)
+        return
+    (run_dir / LOG_FILE).unlink(missing_ok=True)
+    model = trainee.adapter.model
+    print(f"training {trainee.trained_parameters / 1e6:.3f} M of "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters "
+          f"({trainee.frozen / 1e6:.3f} M frozen) on {len(stream)} train samples; {plan.steps} "
+          f"steps of {plan.batch} ({plan.processes} process(es) x {plan.accum} micro-batches "
+          f"of {plan.micro})", flush=True)
 
 
 def _command() -> str | None:
@@ -448,16 +431,6 @@ def _command() -> str | None:
     if not HydraConfig.initialized():
         return None
     return " ".join(["mibench-train", *map(public_override, HydraConfig.get().overrides.task)])
-
-
-def _sharded(accelerator) -> bool:
-    """FSDP or DeepSpeed ZeRO-3: parameters are sharded across processes."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return bool(plugin is not None and getattr(plugin, "zero_stage", 0) == 3)
 
 
 class AblationTable(Callback):

@@ -1,6 +1,6 @@
 """The generic adapter for any `AutoModelForImageTextToText` checkpoint with a chat template.
 
-Family modules (llava.py, qwen2_vl.py, ...) subclass `HFModelAdapter` and override only what
+Family modules (instructblip.py, mllama.py, paligemma.py, smolvlm.py) subclass `HFModelAdapter`
 their checkpoints do differently; a YAML's `_target_` picks the class.
 """
 

@@ -8,9 +8,8 @@ order the dataset happens to list its rows in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
-from mibench.records import Sample
 from mibench.seeding import stable_seed
 
 
@@ -53,15 +52,3 @@ def stratified_indices(strata: Sequence[Hashable], keys: Sequence[str], limit: i
         ranked = sorted(groups[name], key=lambda i: (stable_seed("limit", seed, keys[i]), keys[i]))
         chosen.extend(ranked[:quota])
     return sorted(chosen)
-
-
-def default_stratum(sample: Sample) -> Hashable:
-    """A sample's class label where the task records one, else its answer's text."""
-    return sample.meta.get("label", sample.options[sample.answer])
-
-
-def stratified_subset(samples: Sequence[Sample], limit: int | None, seed: int = 0,
-                      stratum: Callable[[Sample], Hashable] = default_stratum) -> list[Sample]:
-    """A seeded stratified subset of samples (by answer / class label), in their order."""
-    keep = stratified_indices([stratum(s) for s in samples], [s.id for s in samples], limit, seed)
-    return [samples[i] for i in keep]

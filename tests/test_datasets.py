@@ -54,7 +54,7 @@ from mibench.store import ResumeMismatchError
 from mibench.tables import load_runs, render_tables
 from mibench.tasks.classification import mc_options
 from mibench.tasks.hf_dataset import DataError, DatasetLoadError
-from mibench.tasks.sampling import allocate, stratified_indices, stratified_subset
+from mibench.tasks.sampling import allocate, stratified_indices
 
 TASK_CONF = Path(mibench.conf.__file__).parent / "task"
 STUDY_TASKS = ["mini_imagenet", "caltech101", "food101", "mmlu", "openbookqa", "arc_challenge",
@@ -267,13 +267,6 @@ def test_limit_subsamples_by_class(data_root):
     # text tasks stratify by the answer column
     mmlu = task("mmlu", data_root, limit=3).samples()
     assert Counter(s.answer for s in mmlu) == {1: 2, 0: 1}  # answers 1 x4, 0 x1, 2 x1
-
-
-def test_stratified_subset_helper_for_any_task():
-    samples = image_heavy_samples(10)
-    subset = stratified_subset(samples, 4, seed=0)
-    assert len(subset) == 4
-    assert Counter(s.options[s.answer] for s in subset) == {"square": 2, "circle": 2}
 
 
 # -- errors --------------------------------------------------------------------------------

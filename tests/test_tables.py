@@ -2,8 +2,6 @@
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,17 +128,6 @@ def test_cli_writes_markdown_and_a_radar_png(two_runs, tmp_path, capsys):
         # two coloured polygons: more than a handful of distinct colours
         assert len(png.convert("RGB").getcolors(1_000_000)) > 10
     assert "tables in" in capsys.readouterr().out
-
-
-def test_script_entry_point(two_runs, tmp_path):
-    _, root = two_runs
-    script = Path(__file__).parents[1] / "scripts" / "render_tables.py"
-    out = subprocess.run([sys.executable, str(script), str(root / "base"), "--out",
-                          str(tmp_path / "t"), "--no-radar"], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "| llava-7b |" in out.stdout
-    assert not (tmp_path / "t" / "radar_accuracy.png").exists()
 
 
 def test_bad_inputs_name_the_file(tmp_path):
