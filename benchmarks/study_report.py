@@ -31,9 +31,10 @@ import inspect
 import json
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from .bounded_json import read_json_file
 from .errors import MibenchError
@@ -129,7 +130,8 @@ def compare(results: dict, model: str = LLAVA) -> list[Comparison]:
 
 
 def format_comparison(rows: Sequence[Comparison], model: str = LLAVA) -> str:
-    lines = [f"{model}: our accuracy beside the study's published figure",
+    lines = [f"{model}: our accuracy beside the study's published figure (ours: over every "
+             "sample, an answer no rule reads counting wrong: the study's all_report_accuracy)",
              "", "| dataset | condition | ours % [95% CI] (n) | published % | difference | "
              "tolerance | within | source |", "|" + "---|" * 8]
     for row in rows:
@@ -227,10 +229,13 @@ def gold_texts(document: dict, data_root: str | None = None) -> dict[str, tuple[
     return out
 
 
-def study_table(records: Sequence[Record], golds: dict[str, tuple[str, dict]]) -> list[dict]:
+def study_table(records: Sequence[Record], golds: dict[str, tuple[str, dict]],
+                order: Mapping[str, Iterable[str]] = MappingProxyType({})) -> list[dict]:
     """The study's two accuracies per task and condition of a generated run (each record's
-    last response is what the study stores as its raw answer)."""
-    cells: dict[tuple[str, str], list[Outcome]] = {}
+    last response is what the study stores as its raw answer), in the run's table order
+    (`order`: task -> its conditions, as metrics.json's results) where it gives one."""
+    cells: dict[tuple[str, str], list[Outcome]] = {
+        (task, condition): [] for task, conditions in order.items() for condition in conditions}
     for record in records:
         generated = getattr(record, "generated", None)
         if record.task not in golds or generated is None:
@@ -240,7 +245,7 @@ def study_table(records: Sequence[Record], golds: dict[str, tuple[str, dict]]) -
             record.correct, generated.responses[-1], texts.get(record.sample_id, ""),
             category))
     return [{"task": task, "condition": condition, **study_accuracies(outcomes)}
-            for (task, condition), outcomes in cells.items()]
+            for (task, condition), outcomes in cells.items() if outcomes]
 
 
 def format_study_table(rows: Sequence[dict]) -> str:
@@ -279,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = read_records(records_path)
     if any(getattr(r, "generated", None) is not None for r in records):
         try:
-            study_rows = study_table(records, gold_texts(document, args.data_root))
+            study_rows = study_table(records, gold_texts(document, args.data_root),
+                                     document.get("results", {}))
         except MibenchError as err:  # user-fixable (missing data): one line, comparison kept
             print(f"python -m mibench.study_report: {err}", file=sys.stderr)
             return 2
