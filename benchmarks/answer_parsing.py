@@ -119,6 +119,9 @@ class StudyParser(AnswerParser):
                                      f"got {span!r}")
         self.span = span
 
+    def describe(self) -> dict:
+        return {**super().describe(), "span": self.span}
+
     def letters(self, sample: Sample) -> str:
         if self.span == "options":
             return "".join(sample.letters)

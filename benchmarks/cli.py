@@ -44,16 +44,30 @@ def asset_path(name: str) -> str:
 
 
 # What a run's results depend on; the rest (batch size, logger, progress) changes no number.
-RUN_KEYS = ("model", "grid", "task", "perturbation", "seed", "data_root")
+RUN_KEYS = ("model", "grid", "task", "perturbation", "scorer", "seed", "data_root")
+# Model settings that change how answers are fetched, never which: a served model's
+# concurrency, timeouts, retries and response cache (which also sits in the run directory,
+# so naming the directory after it would go round in a circle).
+FETCH_KEYS = frozenset({"concurrency", "timeout_s", "max_retries", "backoff_s",
+                        "max_backoff_s", "cache_dir"})
 
 
 def run_id(*, _root_: DictConfig) -> str:
     """A directory name fixed by the config: re-running a command resumes its run."""
     from .report import config_hash
 
-    parts = {k: OmegaConf.to_container(_root_[k], resolve=True) if isinstance(
-        _root_.get(k), DictConfig) else _root_.get(k) for k in RUN_KEYS}
-    model = _root_.model.get("name") or str(_root_.model.get("path", "model")).rstrip("/")
+    def part(key: str) -> object:
+        node = _root_.get(key)
+        if not isinstance(node, DictConfig):
+            return node
+        if key == "model":
+            node = OmegaConf.masked_copy(node, [k for k in node if k not in FETCH_KEYS])
+        return OmegaConf.to_container(node, resolve=True)
+
+    parts = {k: part(k) for k in RUN_KEYS}
+    # a served model is named by the server's name for it
+    model = (_root_.model.get("name") or _root_.model.get("model")
+             or str(_root_.model.get("path", "model")).rstrip("/"))
     what = (_root_.get("task") or {}).get("name") or (_root_.get("grid") or {}).get("name")
     condition = (_root_.get("perturbation") or {}).get("name")
     digest = config_hash(parts)[:10]
@@ -191,6 +205,8 @@ def run(cfg: DictConfig) -> dict | None:
     if model_cfg.get("device") == "auto":  # one device per process under accelerate launch
         model_cfg = OmegaConf.merge(model_cfg, {"device": processes.device})
     model: ModelAdapter = instantiate(model_cfg)
+    model.bind_run_dir(out_dir)  # before anything is asked of it (a served model's cache)
+    scorer = instantiate(cfg.scorer) if cfg.get("scorer") is not None else None
     logger = instantiate(cfg.logger) if processes.is_main else NullLogger()
     config = OmegaConf.to_container(cfg, resolve=True)
     logger.start(config, out_dir)
@@ -198,12 +214,14 @@ def run(cfg: DictConfig) -> dict | None:
         prints = fingerprint(model, tasks, conditions, int(cfg.seed))
         result = run_benchmark(model, tasks, conditions, out_dir, batch_size=int(cfg.batch_size),
                                seed=int(cfg.seed), fingerprint=prints,
-                               progress=bool(cfg.progress))
+                               progress=bool(cfg.progress), scorer=scorer)
         if result is None:
             return None
         document = metrics_document(result, result.fingerprint, config)
         # how it was scored: recorded, never fingerprinted (batch size changes no number)
         document["scoring"] = {"batch_size": int(cfg.batch_size), "processes": result.processes}
+        if fetched := model.fetch_report():  # a served model's requests and retries
+            document["scoring"]["fetch"] = fetched
         path = write_metrics(document, out_dir)
         table = format_table(document["results"], document["failed"], references={
             t: d["reference"] for t, d in document["tasks"].items() if "reference" in d})

@@ -1,8 +1,10 @@
 """Compare two checkpoints sample by sample: paired differences, exact McNemar, Holm.
 
-Both runs must have scored the same samples under the same tasks, threat models, prompt and
-seed; then each (task, condition) cell gives two paired tests, on accuracy and on flip rate
-(answer changed vs clean), and Holm's step-down adjusts all p-values of the report together.
+Both runs must have scored the same samples under the same tasks, threat models, prompt,
+seed and scorer (a generated answer is never paired with a likelihood one); then each
+(task, condition) cell gives two paired tests, on accuracy and on flip rate (answer changed
+vs clean; an unread generated answer is an answer of its own), and Holm's step-down adjusts
+all p-values of the report together.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .errors import MibenchError
 from .records import Record
 from .report import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
 from .runner import CLEAN
+from .scorers import scorer_of
 from .scoring import Estimate
 from .stats import McNemar, holm, mcnemar_exact, paired_difference
 from .store import RECORDS_FILE
@@ -39,7 +42,7 @@ class Run:
 
     path: Path
     label: str
-    setup: dict  # tasks, conditions (threat models), prompt, seed
+    setup: dict  # tasks, conditions (threat models), prompt, seed, scorer
     cells: dict[str, list[str]]  # task -> conditions, clean first
     records: dict[tuple[str, str, str], Record]
 
@@ -68,12 +71,13 @@ def load_run(path: str | Path) -> Run:
         sub = load_submission(path)
         doc = sub.document
         setup = {"tasks": doc["tasks"], "conditions": doc["threat_models"],
-                 "prompt": doc["prompt"], "seed": doc["seed"]}
+                 "prompt": doc["prompt"], "seed": doc["seed"], "scorer": scorer_of(doc)}
         label, results, records = doc["name"], doc["results"], sub.records
     elif (path / METRICS_FILE).is_file():
         metrics = read_json_file(path / METRICS_FILE, MAX_METRICS_BYTES, MAX_METRICS_DEPTH,
                                  strict=False)
-        setup = {k: metrics[k] for k in ("tasks", "conditions", "prompt", "seed")}
+        setup = {**{k: metrics[k] for k in ("tasks", "conditions", "prompt", "seed")},
+                 "scorer": scorer_of(metrics)}
         label, results = metrics["model"].get("name") or path.name, metrics["results"]
         records = [Record.from_json(r) for r in read_records_jsonl(path / RECORDS_FILE)]
     else:
@@ -99,7 +103,8 @@ def check_comparable(a: Run, b: Run) -> None:
     """Refuse runs that differ in what was measured or in which samples, saying what differs."""
     reasons = []
     for key, what in (("tasks", "tasks (samples)"), ("conditions", "threat models / conditions"),
-                      ("prompt", "prompt"), ("seed", "seed")):
+                      ("prompt", "prompt"), ("seed", "seed"),
+                      ("scorer", "scorers (how answers were read)")):
         if a.setup[key] != b.setup[key]:
             reasons.append(f"different {what}: "
                            f"{_describe_difference(a.setup[key], b.setup[key])}")
@@ -162,9 +167,10 @@ def format_report(a: Run, b: Run, tests: list[CellTest], plot: str | None = None
         f"- A: `{a.path}`",
         f"- B: `{b.path}`",
         f"- {len({(t.task, t.condition) for t in tests})} cells over the same samples, seed "
-        f"{a.setup['seed']}. B − A in percentage points with a 95% paired bootstrap (BCa) "
-        "interval over samples; exact McNemar test on the discordant pairs (b: only A "
-        f"succeeds / flips, c: only B does); Holm-adjusted across all {len(tests)} tests of "
+        f"{a.setup['seed']}, answers read by scorer `{a.setup['scorer']['name']}`. B − A in "
+        "percentage points with a 95% paired bootstrap (BCa) interval over samples; exact "
+        "McNemar test on the discordant pairs (b: only A succeeds / flips, c: only B "
+        f"does); Holm-adjusted across all {len(tests)} tests of "
         f"this report; * marks Holm p < {ALPHA}.",
     ]
     for metric, title in METRICS.items():

@@ -39,10 +39,10 @@ MAX_ITEMS = 10_000  # entries in any one list or mapping
 INTS: dict[str, tuple[int, int]] = {
     "n": (1, MAX_TASK_SAMPLES), "limit": (1, MAX_TASK_SAMPLES), "n_options": (2, 26),
     "steps": (0, 1_000), "restarts": (1, 100), "n_sentences": (0, 100),
-    "n_snippets": (0, 100), "batch_size": (1, 1 << 16),
+    "n_snippets": (0, 100), "batch_size": (1, 1 << 16), "max_new_tokens": (1, 1 << 16),
 }
 FLOATS: dict[str, tuple[float, float]] = {"eps": (0.0, 1e3), "alpha": (0.0, 1e3),
-                                          "noise": (0.0, 1.0)}
+                                          "noise": (0.0, 1.0), "repetition_penalty": (0.0, 1e3)}
 # Lists of ints: (length, smallest item, largest item).
 INT_LISTS: dict[str, tuple[int, int, int]] = {"size": (2, 1, 4096), "color": (3, 0, 255)}
 SAFE = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}"
@@ -72,7 +72,8 @@ INTERPOLATION = ("holds an interpolation or resolver (${...}); a submitted confi
                  "resolved plain data")
 KINDS = {bool: "a boolean", int: "an integer", str: "a string", list: "a list",
          dict: "a mapping"}
-PLUGIN_KEYS = ("grid", "task", "perturbation", "seed")  # what building the plug-ins reads
+# what building the plug-ins reads, and the scorer (rebuilt to check what a submission says)
+PLUGIN_KEYS = ("grid", "task", "perturbation", "scorer", "seed")
 
 
 class UntrustedConfigError(MibenchError, ValueError):
@@ -370,7 +371,8 @@ def _check_plugins(guard: _Guard, config: dict) -> dict:
                     continue
                 out["grid"][group][label] = guard.plugin(node, where, targets, kind)
     for key, targets, kind in (("task", guard.reg.task_targets, "task"),
-                               ("perturbation", guard.reg.perturbation_targets, "perturbation")):
+                               ("perturbation", guard.reg.perturbation_targets, "perturbation"),
+                               ("scorer", guard.reg.scorers, "scorer")):
         node = config.get(key)
         out[key] = None if node is None else guard.plugin(node, f"config.{key}", targets, kind)
     return out
@@ -400,12 +402,12 @@ def _check_data(guard: _Guard, config: dict) -> None:
                 guard.integer(value, where, key)
             else:
                 guard.plain(value, where)
-        elif key not in ("grid", "task", "perturbation"):
+        elif key not in ("grid", "task", "perturbation", "scorer"):
             guard.plain(value, where)
 
 
 def guard_run_config(config: Any, data_root: str | None = None) -> dict:
-    """The plug-in part of a run config (grid, task, perturbation, seed), rebuilt from
+    """The plug-in part of a run config (grid, task, perturbation, scorer, seed), rebuilt from
     allowlisted, type-checked, bounded values only; raises with every problem otherwise.
 
     `data_root` is where the validating machine keeps local dataset copies: a task's

@@ -4,8 +4,9 @@ The interference score is the mean flip rate over a benchmark's heuristic (task,
 cells: the share of answers that change when only the modality the question does not need is
 perturbed. Lower is better. A model that ignores its inputs altogether would flip nothing, so a
 model is ranked only if its clean accuracy on every task is above chance, and clean accuracy is
-shown beside the score. Submissions are grouped by benchmark: only the same tasks, threat
-models, prompt and seed give comparable numbers.
+shown beside the score. Submissions are grouped by benchmark and scorer: only the same tasks,
+threat models, prompt and seed, with answers read the same way (option likelihood, or
+generation with the same parser and settings), give comparable numbers.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import numpy as np
 
 from . import scoring
 from .registry import registry
-from .report import format_estimate, format_table
+from .report import config_hash, format_estimate, format_table
 from .runner import CLEAN
+from .scorers import scorer_of
 from .submission import SUBMISSION_FILE, Submission, SubmissionError, load_submission
 
 MARKDOWN_FILE = "LEADERBOARD.md"
@@ -104,11 +106,10 @@ def entry_for(submission: Submission) -> Entry:
     doc = submission.document
     kinds = doc["condition_kinds"]
     entry = Entry(submission, components={})
+    chance = scoring.chance_accuracy(submission.records, CLEAN)
     for task, conditions in doc["results"].items():
         entry.clean[task] = conditions[CLEAN]["accuracy"]
-        options = [len(r.probs) for r in submission.records
-                   if r.task == task and r.condition == CLEAN]
-        entry.chance[task] = float(np.mean([1 / k for k in options]))
+        entry.chance[task] = chance[task]
         for cond, metrics in conditions.items():
             if cond == CLEAN:
                 continue
@@ -187,10 +188,10 @@ def registry_problems(document: dict) -> list[str]:
     return problems
 
 
-def load_board(results_dir: str | Path) -> dict[str, list[Entry]]:
-    """Accepted submissions grouped by benchmark key, each group ranked."""
+def load_board(results_dir: str | Path) -> dict[tuple[str, str], list[Entry]]:
+    """Accepted submissions grouped by benchmark key and scorer, each group ranked."""
     root = Path(results_dir) / "submissions"
-    groups: dict[str, list[Entry]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[Entry]] = defaultdict(list)
     paths = sorted(root.glob(f"*/{SUBMISSION_FILE}")) if root.is_dir() else []
     for path in paths:
         submission = load_submission(path)
@@ -200,7 +201,9 @@ def load_board(results_dir: str | Path) -> dict[str, list[Entry]]:
         problems = registry_problems(submission.document)
         if problems:
             raise SubmissionError(path, problems)
-        groups[submission.document["benchmark"]["key"]].append(entry_for(submission))
+        document = submission.document
+        groups[(document["benchmark"]["key"], config_hash(scorer_of(document)))].append(
+            entry_for(submission))
     return {key: rank(entries) for key, entries in sorted(groups.items())}
 
 
@@ -225,17 +228,20 @@ def md(text: object) -> str:
     return _AUTOLINK.sub(lambda m: f"{m[1]}:\\/\\/" if m[1] else f"{m[2]}\\.", flat)
 
 
-def _benchmark_title(entries: list[Entry]) -> str:
+def _benchmark_title(entries: list[Entry], inline=md) -> str:
     """The group's title, from the suite's benchmark definitions (a submission's own text
     never titles a group): a shipped benchmark whose tasks and conditions the group measures,
-    else a custom one."""
+    else a custom one; then the scorer (its name through `inline`, and a digest of its
+    settings)."""
     doc = entries[0].submission.document
+    scorer = scorer_of(doc)
     tasks, conditions = set(doc["tasks"]), set(doc["threat_models"])
     names = [b.name for b in registry().benchmarks.values()
              if (set(b.tasks), set(b.conditions)) == (tasks, conditions)]
     title = f"Benchmark `{names[0]}`" if names else "Custom benchmark"
     return (f"{title} (key {doc['benchmark']['key'][:12]}; {len(tasks)} tasks, "
-            f"{len(conditions)} conditions, seed {int(doc['seed'])})")
+            f"{len(conditions)} conditions, seed {int(doc['seed'])}; scorer "
+            f"{inline(str(scorer.get('name'))[:40])} {config_hash(scorer)[:8]})")
 
 
 def _model_ref(entry: Entry) -> str:
@@ -270,7 +276,7 @@ def _ranking_rows(entries: list[Entry]) -> tuple[list[str], list[list[tuple[str,
     return header, rows
 
 
-def markdown(board: dict[str, list[Entry]]) -> str:
+def markdown(board: dict[tuple[str, str], list[Entry]]) -> str:
     lines = ["# mibench leaderboard", "",
              "_Built by `mibench leaderboard` from `results/submissions/`; do not edit by "
              "hand. Interactive version with plots: `leaderboard.html`._", "",
@@ -446,7 +452,7 @@ def _detail_rows(entry: Entry) -> list[list[tuple[str, float | None]]]:
     return rows
 
 
-def page(board: dict[str, list[Entry]]) -> str:
+def page(board: dict[tuple[str, str], list[Entry]]) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>mibench leaderboard</title>", f"<style>{STYLE}</style></head><body>",
              "<h1>mibench leaderboard</h1>",
@@ -457,7 +463,7 @@ def page(board: dict[str, list[Entry]]) -> str:
         parts.append("<p>No accepted submissions yet.</p>")
     for entries in board.values():
         header, rows = _ranking_rows(entries)
-        parts += [f"<h2>{_inline_md(html.escape(_benchmark_title(entries)))}</h2>",
+        parts += [f"<h2>{_inline_md(html.escape(_benchmark_title(entries, str)))}</h2>",
                   _table_html(header, rows, ["" if e.rank else "unranked" for e in entries]),
                   *[f'<p class="unranked">{html.escape(e.name)}: unranked, '
                     f"{html.escape(e.unranked_reason)}</p>" for e in entries if not e.rank],
@@ -485,7 +491,8 @@ def _inline_md(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
-def build(results_dir: str | Path) -> tuple[Path, Path, dict[str, list[Entry]]]:
+def build(results_dir: str | Path
+          ) -> tuple[Path, Path, dict[tuple[str, str], list[Entry]]]:
     """Rebuild LEADERBOARD.md and leaderboard.html from the accepted submissions."""
     results_dir = Path(results_dir)
     board = load_board(results_dir)

@@ -82,13 +82,17 @@ class WandbLogger:
             self._run.log({f"plots/{figure.stem}": wandb.Image(str(figure))})
         records = Path(out_dir) / RECORDS_FILE
         if records.exists():
+            rows = [json.loads(line) for line in records.read_text().splitlines()]
             columns = ["task", "condition", "sample_id", "prediction", "gold", "correct",
                        "probs"]
-            table = wandb.Table(columns=columns)
-            for line in records.read_text().splitlines():
-                row = json.loads(line)
-                table.add_data(*(row[c] if c != "probs" else json.dumps(row[c])
-                                 for c in columns))
+            generated = any("generated" in row for row in rows)
+            table = wandb.Table(columns=columns + ["response", "parse_failure"] * generated)
+            for row in rows:
+                cells = [row[c] if c != "probs" else json.dumps(row[c]) for c in columns]
+                if generated:  # the answer as read: its last response, why it was not read
+                    answer = row.get("generated") or {}
+                    cells += [(answer.get("responses") or [None])[-1], answer.get("failure")]
+                table.add_data(*cells)
             self._run.log({"records": table})
 
     def log_scalars(self, step: int, values: dict[str, float]) -> None:

@@ -9,8 +9,9 @@ from .records import Sample
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 
-def format_prompt(sample: Sample, instruction: str = ANSWER_INSTRUCTION) -> str:
-    """Distractor (if any), question, lettered options, then the answer instruction."""
+def format_prompt(sample: Sample, instruction: str = ANSWER_INSTRUCTION, suffix: str = "") -> str:
+    """Distractor (if any), question, lettered options, then the answer instruction; `suffix`
+    (the text a generating scorer appends when it asks again) ends the text."""
     lines = []
     if sample.distractor:
         lines.append(sample.distractor)
@@ -18,15 +19,16 @@ def format_prompt(sample: Sample, instruction: str = ANSWER_INSTRUCTION) -> str:
     lines.extend(f"{letter}. {option}" for letter, option in zip(sample.letters, sample.options))
     if instruction:
         lines.append(instruction)
-    return "\n".join(lines)
+    return "\n".join(lines) + suffix
 
 
-def chat_messages(sample: Sample, instruction: str = ANSWER_INSTRUCTION) -> list[dict]:
+def chat_messages(sample: Sample, instruction: str = ANSWER_INSTRUCTION, suffix: str = ""
+                  ) -> list[dict]:
     """A one-turn conversation in the processor chat-template format (image first)."""
     content: list[dict] = []
     if sample.image is not None:
         content.append({"type": "image"})
-    content.append({"type": "text", "text": format_prompt(sample, instruction)})
+    content.append({"type": "text", "text": format_prompt(sample, instruction, suffix)})
     return [{"role": "user", "content": content}]
 
 

@@ -94,16 +94,61 @@ def _shown(value: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Generated:
+    """How a generated answer was read (scorer=generate): every response in order (the
+    first ask, then each retry), what the parse rests on, and why it found no option.
+
+    `options` is how many options the answer was chosen among: with no probabilities in
+    the record it is what tells the chance level. The record's `prediction` is the option
+    read, or None.
+    """
+
+    responses: tuple[str, ...]
+    failure: str | None = None
+    matched: str | None = None
+    options: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.responses:
+            raise ValueError("a generated answer holds at least one response")
+
+    @property
+    def retries(self) -> int:
+        return len(self.responses) - 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"responses": list(self.responses), "retries": self.retries,
+                "failure": self.failure, "matched": self.matched, "options": self.options}
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> Generated:
+        generated = cls(responses=tuple(str(r) for r in row["responses"]),
+                        failure=row.get("failure"), matched=row.get("matched"),
+                        options=int(row["options"]))
+        if "retries" in row and int(row["retries"]) != generated.retries:
+            raise ValueError(f"{row['retries']} retries but {len(generated.responses)} "
+                             "responses")
+        return generated
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
-    """The scored answer to one sample under one condition: one line of records.jsonl."""
+    """The scored answer to one sample under one condition: one line of records.jsonl.
+
+    A likelihood record holds the option probabilities and their argmax. A generated one
+    (`generated` set) holds the option read from the response, or None when none could be
+    read (then it is wrong), and probabilities only where the backend gave log-probabilities.
+    """
 
     task: str
     condition: str
     sample_id: str
-    probs: tuple[float, ...]
-    prediction: int
+    probs: tuple[float, ...] | None
+    prediction: int | None
     gold: int
     lure: int | None = None  # the wrong option a perturbation points to, if it points to one
+    # -- generation (scorer=generate); absent from a likelihood record's JSON --
+    generated: Generated | None = None
 
     @property
     def correct(self) -> bool:
@@ -113,26 +158,37 @@ class Record:
     def key(self) -> tuple[str, str, str]:
         return (self.task, self.condition, self.sample_id)
 
+    @property
+    def option_count(self) -> int:
+        """How many options the answer was chosen among (a generated answer may hold no
+        probabilities)."""
+        return len(self.probs) if self.probs is not None else self.generated.options
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        row = {
             "task": self.task,
             "condition": self.condition,
             "sample_id": self.sample_id,
-            "probs": list(self.probs),
+            "probs": None if self.probs is None else list(self.probs),
             "prediction": self.prediction,
             "gold": self.gold,
             "correct": self.correct,
             "lure": self.lure,
         }
+        if self.generated is not None:
+            row["generated"] = self.generated.to_json()
+        return row
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> Record:
+        generated = row.get("generated")
         return cls(
             task=row["task"],
             condition=row["condition"],
             sample_id=row["sample_id"],
-            probs=tuple(float(p) for p in row["probs"]),
-            prediction=int(row["prediction"]),
+            probs=None if row["probs"] is None else tuple(float(p) for p in row["probs"]),
+            prediction=None if row["prediction"] is None else int(row["prediction"]),
             gold=int(row["gold"]),
             lure=None if row.get("lure") is None else int(row["lure"]),
+            generated=None if generated is None else Generated.from_json(generated),
         )

@@ -39,6 +39,7 @@ class Registry:
     nested: dict[str, frozenset[str]]  # "<owner target>.<key>" -> targets nested there
     models: frozenset[str]  # _target_s of conf/model
     loggers: frozenset[str]  # _target_s of conf/logger
+    scorers: frozenset[str]  # _target_s of conf/scorer
     benchmarks: dict[str, Benchmark]  # grid.name -> definition
     run_keys: frozenset[str]  # top-level keys of a resolved `mibench` config
     grid_keys: frozenset[str]  # keys of `grid` (name, tasks, conditions, ...)
@@ -56,7 +57,19 @@ def _yamls(group: str) -> Iterator[tuple[str, Any]]:
     folder = resources.files("mibench.conf").joinpath(group)
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            yield entry.name[: -len(".yaml")], yaml.safe_load(entry.read_text()) or {}
+            yield entry.name[: -len(".yaml")], _with_bases(yaml.safe_load(entry.read_text()) or {})
+
+
+def _with_bases(document: dict) -> dict:
+    """A group YAML with the bases its defaults list places here (`/model_base/X@_here_`)
+    merged under its own keys, as Hydra composes it (bases hold flat keys)."""
+    merged: dict = {}
+    for entry in document.get("defaults") or []:
+        if isinstance(entry, str) and entry.endswith("@_here_"):
+            base = entry.removesuffix("@_here_").strip("/")
+            merged.update(yaml.safe_load(
+                resources.files("mibench.conf").joinpath(f"{base}.yaml").read_text()) or {})
+    return {**merged, **{k: v for k, v in document.items() if k != "defaults"}}
 
 
 def _nested_targets(node: Any, owner: str | None, into: dict[str, set[str]]) -> None:
@@ -94,7 +107,7 @@ def registry() -> Registry:
     """The registry of this installed suite (read once per process)."""
     nested: dict[str, set[str]] = {}
     groups: dict[str, dict[str, str]] = {}
-    for group in ("task", "perturbation", "model", "logger"):
+    for group in ("task", "perturbation", "model", "logger", "scorer"):
         groups[group] = {}
         for stem, document in _yamls(group):
             groups[group][stem] = document["_target_"]
@@ -117,6 +130,7 @@ def registry() -> Registry:
         nested={k: frozenset(v) for k, v in nested.items()},
         models=frozenset(groups["model"].values()),
         loggers=frozenset(groups["logger"].values()),
+        scorers=frozenset(groups["scorer"].values()),
         benchmarks=benchmarks, run_keys=frozenset(run_keys), grid_keys=frozenset(grid_keys))
 
 

@@ -36,9 +36,10 @@ def config_hash(config: Any) -> str:
 
 
 def metrics_document(result: BenchmarkResult, fingerprint: dict, config: Any) -> dict:
-    """Every number with its interval, every input that changes a number, and what failed
-    (`failed`: task, condition or null for the whole task, error)."""
-    return {
+    """Every number with its interval, every input that changes a number, what failed
+    (`failed`: task, condition or null for the whole task, error), and the metrics the
+    scorer could not give with the reason (`omitted_metrics`, only when there are any)."""
+    document = {
         "schema_version": SCHEMA_VERSION,
         "suite_version": __version__,
         "git_sha": git_sha(),
@@ -51,6 +52,9 @@ def metrics_document(result: BenchmarkResult, fingerprint: dict, config: Any) ->
         },
         "failed": [failure.to_json() for failure in result.failures],
     }
+    if result.omitted:
+        document["omitted_metrics"] = dict(result.omitted)
+    return document
 
 
 def write_metrics(document: dict, out_dir: str | Path) -> Path:
@@ -72,14 +76,17 @@ def format_estimate(estimate: dict | None, percent: bool = True, signed: bool = 
 def format_table(results: dict, failed: list[dict] | tuple = (),
                  references: dict[str, str] | None = None) -> str:
     """A markdown table: accuracy, change vs clean, flip rate, JS divergence, with 95% CIs;
-    a FAILED row per failed task or condition (metrics.json's `failed`), errors below.
+    for generated answers also the share no parser could read ("unparsed"); a FAILED row
+    per failed task or condition (metrics.json's `failed`), errors below.
 
     `references`: per task, the condition its changes are measured against where that is not
     clean (a task's `reference`, in metrics.json's `tasks`); that row is marked so."""
     references = references or {}
+    parsed = any("parse_failure_rate" in m for conds in results.values() for m in conds.values())
     header = ("| task | condition | n | accuracy % | change (points) | flip rate % "
-              "| JS div. (bits) |")
-    lines = [header, "|" + "---|" * 7]
+              "| JS div. (bits) |" + (" unparsed % |" if parsed else ""))
+    columns = 7 + parsed
+    lines = [header, "|" + "---|" * columns]
     for task, conditions in results.items():
         for cond, m in conditions.items():
             drop = m.get("drop")
@@ -91,11 +98,12 @@ def format_table(results: dict, failed: list[dict] | tuple = (),
                 f"{'-' if cond == CLEAN else format_estimate(change, signed=True)} | "
                 f"{format_estimate(m.get('flip_rate'))} | "
                 f"{format_estimate(m.get('js_divergence'), percent=False)} |"
+                + (f" {format_estimate(m.get('parse_failure_rate'))} |" if parsed else "")
             )
     marked = {t: r for t, r in references.items() if r != CLEAN and t in results}
     for failure in failed:
-        lines.append(f"| {failure['task']} | {failure['condition'] or 'all'} | - | FAILED "
-                     "| - | - | - |")
+        lines.append(f"| {failure['task']} | {failure['condition'] or 'all'} | - | FAILED |"
+                     + " - |" * (columns - 4))
     if marked:
         lines += ["", "Changes, flips and JS are measured against clean, except for "
                   + ", ".join(f"{t} (against {r})" for t, r in marked.items()) + "."]

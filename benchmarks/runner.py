@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-
 from mibench.models.base import ModelAdapter
 from mibench.perturbations.base import Attack, Perturbation
 from mibench.records import RELEVANT_MODALITIES, Record, Sample, SampleError
@@ -27,7 +25,8 @@ from .distributed import Processes, my_share
 from .errors import MibenchError
 from .prefetch import prefetched
 from .progress import Progress
-from .seeding import rng_for, stable_seed
+from .scorers import AnswerScorer, LikelihoodScorer, Scorer
+from .seeding import rng_for
 from .store import RecordStore, check_fingerprint
 
 log = logging.getLogger(__name__)
@@ -69,29 +68,10 @@ class BenchmarkResult:
     processes: int = 1
     failures: list[Failure] = field(default_factory=list)
     fingerprint: dict = field(default_factory=dict)
+    omitted: dict[str, str] = field(default_factory=dict)  # metric -> why it is not given
 
 
 Condition = Perturbation | Attack
-Scores = tuple[list[np.ndarray], list[int | None]]
-
-
-@dataclass(frozen=True)
-class Scorer:
-    """How a condition scores a batch: each sample's option probabilities and lure.
-
-    `prepare` is the host-side part, run for the next batch in a background thread while
-    `score` runs on this one; its result is passed to `score`.
-    """
-
-    score: Callable[[Sequence[Sample], object], Scores]
-    prepare: Callable[[Sequence[Sample]], object] = lambda chunk: None
-
-
-def model_scorer(model: ModelAdapter) -> Scorer:
-    """The model's own option probabilities; the lure is the one the sample names, if any."""
-    return Scorer(prepare=model.prepare,
-                  score=lambda chunk, prepared: (model.option_probs(chunk, prepared),
-                                                 [s.meta.get("lure") for s in chunk]))
 
 
 def applies_to(perturbation: Condition, task: Task) -> bool:
@@ -181,12 +161,12 @@ def score_conditions(model: ModelAdapter, runs: Sequence[ConditionRun], task: st
     try:
         for (run, chunk), prepared in prefetched(
                 lambda item: item[0].scorer.prepare(item[1]), todo):
-            probs, lures = run.scorer.score(chunk, prepared)
+            scored = run.scorer.score(chunk, prepared)
             store.append(
-                Record(task=task, condition=run.name, sample_id=s.id,
-                       probs=tuple(float(x) for x in p), prediction=int(p.argmax()),
-                       gold=s.answer, lure=None if lure is None else int(lure))
-                for s, p, lure in zip(chunk, probs, lures, strict=True)
+                Record(task=task, condition=run.name, sample_id=s.id, probs=o.probs,
+                       prediction=o.prediction, gold=s.answer, lure=o.lure,
+                       generated=o.generated)
+                for s, o in zip(chunk, scored, strict=True)
             )
             bar.update(len(chunk))
     finally:
@@ -204,6 +184,7 @@ def run_benchmark(
     seed: int = 0,
     fingerprint: dict | None = None,
     progress: bool = True,
+    scorer: AnswerScorer | None = None,
 ) -> BenchmarkResult | None:
     """Score clean and every applicable condition of every task; return metrics with CIs.
 
@@ -211,8 +192,9 @@ def run_benchmark(
     reference (`Task.reference`): clean, unless the task names a condition of the run (the
     study's text-heavy questions: its random-pixel image); the reference gets accuracy only.
 
-    Every task's data is loaded first, then the directory's fingerprint is checked: the
-    caller's `fingerprint` plus each task's and condition's describe() (with data digests).
+    `scorer` reads the answers (default: option likelihood). Every task's data is loaded
+    first, then the directory's fingerprint is checked: the caller's `fingerprint` plus the
+    scorer's and each task's and condition's describe() (with data digests).
     A task or condition that fails is in `failures`, the rest is scored and written; metrics
     count only the ids the task has now. Under `accelerate launch` every process scores its
     share; the main process gathers the records, writes records.jsonl and returns the
@@ -229,6 +211,7 @@ def run_benchmark(
                 f"perturbation {name!r} touches the {perturbation.touches} modality, which "
                 f"every task here ({', '.join(tasks)}) needs to answer; nothing to measure")
     processes = distributed.current()
+    scorer = scorer or LikelihoodScorer()
     failures: list[Failure] = []
     loaded: dict[str, list[Sample]] = {}
     for task_name, task in tasks.items():  # a task whose data cannot be read is reported
@@ -249,7 +232,8 @@ def run_benchmark(
                 unprepared[name] = _failure("(every task)", name, err).error
     # the fingerprint is taken now that the data is loaded, so it holds the data digests;
     # the plan decides each sample's batch, so a resumed run must use the plan that began it
-    prints = {**(fingerprint or {}), "tasks": {n: t.describe() for n, t in tasks.items()},
+    prints = {**(fingerprint or {}), "scorer": scorer.describe(),
+              "tasks": {n: t.describe() for n, t in tasks.items()},
               "conditions": {n: p.describe() for n, p in perturbations.items()},
               "batch_plan": BATCH_PLAN_VERSION}
     if processes.is_main:  # checks a resumed directory, or records a new one's fingerprint
@@ -273,7 +257,8 @@ def run_benchmark(
         runnable = {n: p for n, p in applied.items() if n not in unprepared}
         score = partial(score_conditions, model, task=task_name, store=store,
                         batch_size=batch_size, processes=processes, progress=progress)
-        scored = _score_task(model, task_name, samples, runnable, score, seed, failures)
+        scored = _score_task(model, scorer, task_name, samples, runnable, score, seed,
+                             failures)
         conditions[task_name] = [n for n in (CLEAN, *applied) if n in scored]
 
     failures = _unique(distributed.gather(failures, processes))
@@ -311,10 +296,11 @@ def run_benchmark(
                   f" / {failure.condition}" if failure.condition else "", failure.error)
     return BenchmarkResult(metrics=metrics, conditions=conditions, out_dir=Path(out_dir),
                            processes=processes.count, failures=failures,
-                           fingerprint={k: v for k, v in prints.items() if k != "batch_plan"})
+                           fingerprint={k: v for k, v in prints.items() if k != "batch_plan"},
+                           omitted=scorer.omitted(model) if metrics else {})
 
 
-def _score_task(model: ModelAdapter, task: str, samples: list[Sample],
+def _score_task(model: ModelAdapter, scorer: AnswerScorer, task: str, samples: list[Sample],
                 applied: Mapping[str, Condition], score: Callable[[list[ConditionRun]], None],
                 seed: int, failures: list[Failure]) -> set[str]:
     """Score clean and each applied condition of one task; return the conditions scored.
@@ -324,12 +310,13 @@ def _score_task(model: ModelAdapter, task: str, samples: list[Sample],
     `failures` and the others go on; a failure while scoring clean (e.g. an unreadable image)
     ends the task, whose records so far are kept.
     """
-    same_images = [ConditionRun(CLEAN, samples, model_scorer(model))]
+    by_model = scorer.for_model(model)
+    same_images = [ConditionRun(CLEAN, samples, by_model)]
     for name, perturbation in applied.items():
         if perturbation.touches == "text" and not isinstance(perturbation, Attack):
             try:
                 same_images.append(ConditionRun(
-                    name, perturb_all(samples, perturbation, seed, task), model_scorer(model)))
+                    name, perturb_all(samples, perturbation, seed, task), by_model))
             except Exception as err:  # reported as this condition's failure
                 failures.append(_failure(task, name, err))
     try:
@@ -344,10 +331,10 @@ def _score_task(model: ModelAdapter, task: str, samples: list[Sample],
         try:
             if isinstance(perturbation, Attack):
                 score([ConditionRun(name, samples,
-                                    _attack_scorer(perturbation, model, seed, task))])
+                                    scorer.for_attack(perturbation, model, seed, task))])
             else:
                 score([ConditionRun(name, perturb_all(samples, perturbation, seed, task),
-                                    model_scorer(model))])
+                                    by_model)])
         except Exception as err:  # reported as this condition's failure
             failures.append(_failure(task, name, err))
             continue
@@ -371,15 +358,6 @@ def _unique(failures: Sequence[Failure]) -> list[Failure]:
     for failure in failures:
         seen.setdefault((failure.task, failure.condition), failure)
     return list(seen.values())
-
-
-def _attack_scorer(attack: Attack, model: ModelAdapter, seed: int, task: str) -> Scorer:
-    """Scores a batch under attack, each sample seeded by its own id; probabilities and lures
-    come from one application of the attack's base perturbation."""
-    def score(chunk: Sequence[Sample], prepared: object) -> Scores:
-        seeds = [stable_seed(seed, task, attack.name, s.id) for s in chunk]
-        return attack.score(model, chunk, seeds)
-    return Scorer(score=score)
 
 
 def _check_unique_ids(samples: Sequence[Sample], task: str) -> None:

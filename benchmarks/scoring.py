@@ -77,8 +77,25 @@ def pair_records(clean: Sequence[Record], perturbed: Sequence[Record]
     return [(by_id[r.sample_id], r) for r in sorted(perturbed, key=lambda r: r.sample_id)]
 
 
+def generated(records: Sequence[Record]) -> bool:
+    """Whether these are generated answers (scorer=generate), which may be unparsed."""
+    return any(r.generated is not None for r in records)
+
+
+def parse_metrics(records: Sequence[Record]) -> dict[str, Estimate]:
+    """For generated answers: accuracy over the answers a parser could read, and the share
+    it could not (those count as wrong in `accuracy`)."""
+    parsed = np.array([r.prediction is not None for r in records], dtype=bool)
+    correct = np.array([r.correct for r in records], dtype=bool)
+    return {"accuracy_parsed": proportion(correct[parsed]),
+            "parse_failure_rate": proportion(~parsed)}
+
+
 def clean_metrics(records: Sequence[Record]) -> dict[str, Estimate]:
-    return {"accuracy": proportion(np.array([r.correct for r in records]))}
+    metrics = {"accuracy": proportion(np.array([r.correct for r in records]))}
+    if generated(records):
+        metrics.update(parse_metrics(records))
+    return metrics
 
 
 def condition_metrics(clean: Sequence[Record], perturbed: Sequence[Record],
@@ -88,25 +105,37 @@ def condition_metrics(clean: Sequence[Record], perturbed: Sequence[Record],
     drop: clean accuracy minus perturbed accuracy (positive = worse), paired bootstrap;
     flip_rate: share whose decided answer changed (the study's δ_cp);
     harm_rate: share of clean-correct samples that became wrong;
-    js_divergence: mean JS divergence (bits) of the option distributions (the study's CE);
+    js_divergence: mean JS divergence (bits) of the option distributions (the study's CE),
+    only where every record holds them (a generating backend may give none);
     lure_rate: share answering the wrong option the perturbation pointed to, where it did.
+
+    A generated answer no parser could read is wrong, and is an answer of its own ("none")
+    for a flip: read -> unread and unread -> read are flips, unread both times is not.
     """
     pairs = pair_records(clean, perturbed)
     c_ok = np.array([c.correct for c, _ in pairs], dtype=bool)
     p_ok = np.array([p.correct for _, p in pairs], dtype=bool)
     flips = np.array([c.prediction != p.prediction for c, p in pairs], dtype=bool)
-    js = np.array([js_divergence(c.probs, p.probs) for c, p in pairs], dtype=float)
     lured = np.array([p.prediction == p.lure for _, p in pairs if p.lure is not None], dtype=bool)
     metrics = {
         "accuracy": proportion(p_ok),
         "drop": mean(c_ok.astype(float) - p_ok.astype(float), seed),
         "flip_rate": proportion(flips),
         "harm_rate": proportion(~p_ok[c_ok]),
-        "js_divergence": mean(js, seed),
     }
+    if all(c.probs is not None and p.probs is not None for c, p in pairs):
+        js = np.array([js_divergence(c.probs, p.probs) for c, p in pairs], dtype=float)
+        metrics["js_divergence"] = mean(js, seed)
     if lured.size:
         metrics["lure_rate"] = proportion(lured)
+    if generated(perturbed):
+        metrics.update(parse_metrics([p for _, p in pairs]))
     return metrics
+
+
+def records_without_probs(records: Sequence[Record]) -> int:
+    """How many records hold no option probabilities (JS divergence is left out for them)."""
+    return sum(r.probs is None for r in records)
 
 
 def chance_accuracy(records: Sequence[Record], condition: str = "clean") -> dict[str, float]:
@@ -115,5 +144,5 @@ def chance_accuracy(records: Sequence[Record], condition: str = "clean") -> dict
     options: dict[str, list[int]] = {}
     for r in records:
         if r.condition == condition:
-            options.setdefault(r.task, []).append(len(r.probs))
+            options.setdefault(r.task, []).append(r.option_count)
     return {task: float(np.mean([1 / k for k in ks])) for task, ks in options.items()}

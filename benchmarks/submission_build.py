@@ -14,6 +14,7 @@ from pathlib import Path
 from .digests import checkpoint_digest
 from .provenance import hub_id, public_config, public_model
 from .report import METRICS_FILE, config_hash
+from .scorers import scorer_of
 from .store import RECORDS_FILE
 from .submission_io import (
     RECORDS_FORMAT,
@@ -39,6 +40,12 @@ def recorded_weights(model: dict, source: str) -> str:
     """The weights digest the run recorded, once the checkpoint on disk is checked to still
     hold exactly those files."""
     name, recorded = model.get("name") or model.get("path"), model.get("weights_sha256")
+    if not recorded and model.get("backend"):
+        raise SubmissionError(source, [
+            f"model: {name!r} was scored through a server ({model.get('backend')}), whose "
+            "weights the suite cannot digest; the leaderboard names every entry by the "
+            "digest of its checkpoint's files, so only locally loaded checkpoints can be "
+            "submitted (`mibench compare` compares served runs)"])
     if not recorded:
         raise SubmissionError(source, [
             f"model: the run recorded no digest of {name!r}'s weights (made by an older "
@@ -74,7 +81,8 @@ def build_submission(run_dir: str | Path, name: str | None = None) -> tuple[dict
     _, conditions = build_plugins_from_config(config, str(metrics_path))
     info = public_model(model)
     fingerprint = {"model": info, "tasks": metrics["tasks"], "conditions": metrics["conditions"],
-                   "prompt": metrics["prompt"], "seed": metrics["seed"]}
+                   "prompt": metrics["prompt"], "seed": metrics["seed"],
+                   "scorer": scorer_of(metrics)}
     document = {
         "submission_version": SUBMISSION_VERSION,
         "name": _safe_name(name or model.get("name") or "model"),
@@ -101,6 +109,7 @@ def build_submission(run_dir: str | Path, name: str | None = None) -> tuple[dict
         "threat_models": metrics["conditions"],
         "condition_kinds": {n: kind_of(c) for n, c in conditions.items()},
         "prompt": metrics["prompt"],
+        "scorer": scorer_of(metrics),
         "results": metrics["results"],
         "records": {"file": RECORDS_GZ, "format": RECORDS_FORMAT, "count": len(rows),
                     "sha256": records_digest(rows)},

@@ -33,8 +33,8 @@ SUBMISSION_VERSION = 1
 RECORDS_FORMAT = "jsonl+gzip; canonical lines sorted by (task, condition, sample_id)"
 MAX_SUBMISSION_BYTES = 8 << 20  # the full cai2025 grid's document is well under 1 MiB
 MAX_DEPTH = 32  # submission.json: the config nests about 6 levels deep
-MAX_RECORD_LINE = 16 << 10  # one record: ids, up to 26 probabilities, a few fields
-MAX_RECORD_DEPTH = 2  # a record is an object holding one list
+MAX_RECORD_LINE = 64 << 10  # one record: ids, up to 26 probabilities, generated responses
+MAX_RECORD_DEPTH = 3  # a record is an object holding a list and a generated answer's object
 MAX_RECORDS_BYTES = 1 << 30  # never more than 1 GiB of decompressed records
 MAX_REPORTED = 5  # unreadable record lines listed before giving up
 
@@ -246,4 +246,13 @@ def load_submission(path: str | Path) -> Submission:
                         f"declares {document['records']['sha256']}: the records were changed")
     if problems:
         raise SubmissionError(path, problems)
-    return Submission(path, document, [Record.from_json(r) for r in rows], guarded)
+    return Submission(path, document, [_record(r, path) for r in rows], guarded)
+
+
+def _record(row: dict, path: Path) -> Record:
+    """One record of a submission; one that contradicts itself is named, not raised raw."""
+    try:
+        return Record.from_json(row)
+    except (KeyError, TypeError, ValueError) as err:
+        where = "/".join(str(row.get(k, "?")) for k in ("task", "condition", "sample_id"))
+        raise SubmissionError(path, [f"record {where}: {err}"]) from err

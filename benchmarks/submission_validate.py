@@ -20,12 +20,15 @@ import numpy as np
 from mibench import __version__
 
 from . import scoring
+from .answer_parsing import FAILURES
 from .config_guard import UntrustedConfigError, build_guarded
 from .prompts import ANSWER_INSTRUCTION
 from .provenance import hub_id
 from .records import Record
+from .registry import plugin_class
 from .report import SCHEMA_VERSION, config_hash
 from .runner import CLEAN, applies_to
+from .scorers import GenerateScorer, LikelihoodScorer, scorer_of
 from .store import without_data
 from .submission_io import (
     RECORDS_GZ,
@@ -68,19 +71,44 @@ def kind_of(condition: Any) -> str:
 
 
 def _rows_problems(rows: list[dict]) -> list[str]:
-    """Records that contradict themselves: a prediction that is not the argmax, and so on."""
+    """Records that contradict themselves: a likelihood prediction that is not the argmax, a
+    generated answer without a response or with a reason beside its option, and so on."""
     problems = []
     for row in rows:
-        probs = np.asarray(row["probs"], dtype=np.float64)
         where = f"record {row['task']}/{row['condition']}/{row['sample_id']}"
-        if abs(probs.sum() - 1) > 1e-3:
+        generated = row.get("generated")
+        probs = None if row["probs"] is None else np.asarray(row["probs"], dtype=np.float64)
+        if probs is not None and abs(probs.sum() - 1) > 1e-3:
             problems.append(f"{where}: probs sum to {probs.sum():.4f}, not 1")
-        elif row["prediction"] != int(probs.argmax()):
+        elif generated is None and probs is None:
+            problems.append(f"{where}: no probabilities, and not a generated answer")
+        elif generated is None and row["prediction"] != int(probs.argmax()):
             problems.append(f"{where}: prediction {row['prediction']} is not the most likely "
                             f"option {int(probs.argmax())}")
+        elif generated is not None:
+            problems += _generated_problems(where, row, generated)
         if row["correct"] != (row["prediction"] == row["gold"]):
             problems.append(f"{where}: correct={row['correct']} contradicts prediction "
                             f"{row['prediction']} and gold {row['gold']}")
+    return problems
+
+
+def _generated_problems(where: str, row: dict, generated: dict) -> list[str]:
+    """A generated answer: an option or a known reason, among its own options."""
+    problems = []  # retries against responses: checked as the records are read
+    if (row["prediction"] is None) == (generated["failure"] is None):
+        problems.append(f"{where}: a generated answer has an option or a failure reason, "
+                        f"not both or neither (prediction {row['prediction']}, failure "
+                        f"{generated['failure']!r})")
+    elif generated["failure"] is not None and generated["failure"] not in FAILURES:
+        problems.append(f"{where}: failure {str(generated['failure'])[:40]!r} is not one of "
+                        f"{sorted(FAILURES)}")
+    if row["probs"] is not None and len(row["probs"]) != generated["options"]:
+        problems.append(f"{where}: {len(row['probs'])} probabilities for "
+                        f"{generated['options']} options")
+    if row["prediction"] is not None and row["prediction"] >= generated["options"]:
+        problems.append(f"{where}: prediction {row['prediction']} is not one of its "
+                        f"{generated['options']} options")
     return problems
 
 
@@ -137,10 +165,12 @@ def _config_problems(doc: dict, tasks: dict, conditions: dict) -> list[str]:
     fingerprint = {"model": doc["model"]["info"], "tasks": doc["tasks"],
                    "conditions": doc["threat_models"], "prompt": doc["prompt"],
                    "seed": doc["seed"]}
+    if "scorer" in doc:  # submissions made before scorers were configurable have none
+        fingerprint["scorer"] = doc["scorer"]
     expected = config_hash(fingerprint)
     if expected != doc["config_hash"]:
         problems.append(f"config_hash: {doc['config_hash']} is not the hash of the declared "
-                        f"model, tasks, threat models, prompt and seed ({expected})")
+                        f"model, tasks, threat models, prompt, seed and scorer ({expected})")
     key = benchmark_key(doc["tasks"], doc["threat_models"], doc["prompt"], doc["seed"])
     if key != doc["benchmark"]["key"]:
         problems.append(f"benchmark.key: {doc['benchmark']['key']} is not the hash of the "
@@ -179,10 +209,42 @@ def _sample_problems(rows: list[dict], tasks: dict, conditions: dict) -> list[st
                                 f"{name!r} does not have: {_ids(unknown)}")
             wrong = [sid for sid in sorted(have & set(samples))
                      if by_row[(*cell, sid)]["gold"] != samples[sid].answer
-                     or len(by_row[(*cell, sid)]["probs"]) != len(samples[sid].options)]
+                     or _options(by_row[(*cell, sid)]) != len(samples[sid].options)]
             if wrong:
                 problems.append(f"records: gold answer or option count in {cell[0]}/{cell[1]} "
                                 f"differ from task {name!r}'s samples: {_ids(wrong)}")
+    return problems
+
+
+def _options(row: dict) -> int:
+    """How many options a record answered among."""
+    if row["probs"] is not None:
+        return len(row["probs"])
+    return (row.get("generated") or {}).get("options", 0)
+
+
+def _scorer_problems(submission: Submission, rows: list[dict]) -> list[str]:
+    """The declared scorer is the one the config builds, and the records are its kind:
+    generated answers exactly when the scorer generates."""
+    doc, problems = submission.document, []
+    node = submission.plugins_config.get("scorer")
+    try:
+        built = (LikelihoodScorer() if node is None else plugin_class(node["_target_"])(
+            **{k: v for k, v in node.items() if k != "_target_"}))
+    except Exception as err:  # a bad setting the guard's types let through
+        return [f"config.scorer: cannot build it ({type(err).__name__}: {err})"]
+    declared = scorer_of(doc)
+    if plain(built.describe()) != declared:
+        problems.append(f"scorer: declared {declared} but the config builds "
+                        f"{plain(built.describe())}")
+    # the records must be the declared scorer's kind (a mismatch with the config is above)
+    generates = declared.get("class") == GenerateScorer().describe()["class"]
+    mismatched = [r for r in rows if (r.get("generated") is not None) != generates]
+    if mismatched:
+        what = "likelihood" if generates else "generated"
+        problems.append(f"records: {len(mismatched)} {what} answers (e.g. "
+                        f"{'/'.join(sort_key(mismatched[0]))}) in a submission scored by "
+                        f"{declared['name']!r}")
     return problems
 
 
@@ -293,6 +355,7 @@ def validate_loaded(submission: Submission, data_root: str | None = None) -> Sub
     tasks, conditions = build_plugins_from_config(doc["config"], str(source), data_root)
     rows = [r.to_json() for r in submission.records]
     problems += _config_problems(doc, tasks, conditions)
+    problems += _scorer_problems(submission, rows)
     problems += _rows_problems(rows)[:20]
     problems += _sample_problems(rows, tasks, conditions)
     problems += _metric_problems(doc, submission.records, tasks, conditions)[:50]

@@ -29,12 +29,18 @@ from torch import Tensor
 from mibench.errors import MibenchError
 from mibench.records import Sample
 
+from .generation import Generation
+
 Inputs = Mapping[str, Any]
 """A batch as `DifferentiableAdapter.encode` returns it: the network's inputs on its device."""
 
 
 class WhiteBoxError(MibenchError, RuntimeError):
     """A white-box operation this model or batch cannot support; the message says which."""
+
+
+class GenerationUnsupportedError(MibenchError, RuntimeError):
+    """`generate` asked of a backend (or a batch) that cannot generate answers."""
 
 
 class ModelAdapter(ABC):
@@ -90,6 +96,37 @@ class ModelAdapter(ABC):
     @abstractmethod
     def describe(self) -> dict:
         """What results record about the model: every input that changes a number."""
+
+    def generate(self, samples: Sequence[Sample], *, max_new_tokens: int,
+                 stop: Sequence[str] = (), suffix: str = "", repetition_penalty: float = 1.0
+                 ) -> list[Generation]:
+        """Each sample's greedy answer (scorer=generate), in the samples' order.
+
+        `suffix` is appended to the user text (a retry's request), `stop` ends an answer at
+        the first of these strings (which the text then excludes), `repetition_penalty`
+        is transformers' (1.0: none). The text of a sample must not depend on its batch.
+        A backend that gives log-probabilities puts the first answer token's top
+        alternatives, the option letters among them, in `Generation.top_logprobs[0]`.
+        """
+        raise GenerationUnsupportedError(
+            f"model {self.name!r} ({type(self).__name__}) cannot generate answers; score it "
+            "with scorer=likelihood")
+
+    def logprobs_unavailable(self) -> str | None:
+        """Why `generate` returns no log-probabilities with its answers; None where it does."""
+        return f"{type(self).__name__} returns no log-probabilities with generated answers"
+
+    def fetch_report(self) -> dict:
+        """How this process fetched its answers, for the run's provenance (never its
+        fingerprint: it changes no number). A served model reports its requests, cache hits,
+        retries by cause and the model ids the server answered as; a local one nothing."""
+        return {}
+
+    def bind_run_dir(self, run_dir: str | Path) -> None:
+        """Where the run that uses this model writes; told before anything is described or
+        scored. A backend that keeps files per run (a response cache) may keep them there;
+        the default keeps nothing."""
+        return None
 
 
 @dataclass(frozen=True, eq=False)

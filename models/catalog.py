@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -42,6 +42,9 @@ FAMILIES: tuple[FamilyInfo, ...] = (
     FamilyInfo("SmolVLM", r"smolvlm", "4.50", "pip install num2words"),
     FamilyInfo("PaliGemma", r"paligemma", "4.41", "gated on the hub"),
     FamilyInfo("Gemma 3", r"(^|/)gemma-3", "4.50", "gated on the hub"),
+    FamilyInfo("Mllama (Llama 3.2 Vision)", r"llama-3\.2-\d+b-vision", "4.45",
+               "gated on the hub"),
+    FamilyInfo("Aya Vision", r"aya-vision", "4.50", "gated on the hub"),
 )
 
 
@@ -111,9 +114,23 @@ def transformers_floor(info: FamilyInfo | None, suite_floor: str | None) -> str:
     return f">={max(floors, key=Version)}" if floors else ""
 
 
+def read_model_yaml(yaml_path: Path) -> DictConfig:
+    """A model YAML with the bases its `defaults` list names (`/model_base/X@_here_`) merged
+    in, as Hydra composes it, without composing the whole config."""
+    cfg = OmegaConf.load(yaml_path)
+    defaults = list(cfg.pop("defaults", None) or [])
+    conf_root = yaml_path.parent.parent
+    parts = [cfg if entry == "_self_" else
+             OmegaConf.load(conf_root / f"{str(entry).removesuffix('@_here_').lstrip('/')}.yaml")
+             for entry in defaults]
+    if "_self_" not in defaults:
+        parts.append(cfg)
+    return OmegaConf.merge(*parts) if parts else cfg
+
+
 def describe_config(yaml_path: Path, suite_floor: str | None = None) -> dict[str, str]:
     """One table row: read the YAML without resolving it, check its adapter in the source."""
-    cfg = OmegaConf.load(yaml_path)
+    cfg = read_model_yaml(yaml_path)
     target = str(cfg.get("_target_", ""))
     module, _, attr = target.rpartition(".")
     class_path = module if attr == "from_pretrained" else target

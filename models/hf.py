@@ -35,6 +35,7 @@ from mibench.records import OPTION_LETTERS, Sample
 from . import vocabulary
 from .base import option_distributions
 from .families import family_adapter, model_type_of
+from .hf_generate import HFGeneration
 from .hf_white_box import HFWhiteBox
 from .load_errors import load_failure
 
@@ -222,13 +223,14 @@ def merge_left_padded(parts: Sequence[tuple[Sequence[int], BatchFeature]], size:
     return BatchFeature(out)
 
 
-class HFModelAdapter(HFWhiteBox):
+class HFModelAdapter(HFGeneration, HFWhiteBox):
     """Loads a checkpoint by hub id or local directory and scores option letters.
 
     Prompts go through the chat template (the processor's, else its tokenizer's, else a
     `prompt_format`); batches are left-padded so the answer position is the last one for
     every sample; the letter token ids are checked at load time. Attacks and training use
-    its white-box half (`HFWhiteBox`: forward passes with pixels or embeddings replaced).
+    its white-box half (`HFWhiteBox`: forward passes with pixels or embeddings replaced);
+    scorer=generate its greedy generation (`HFGeneration`).
     """
 
     model_class = AutoModelForImageTextToText
@@ -397,9 +399,9 @@ class HFModelAdapter(HFWhiteBox):
             messages, chat_template=self.chat_template,
             add_generation_prompt=add_generation_prompt, tokenize=False)
 
-    def processor_text(self, sample: Sample) -> str:
+    def processor_text(self, sample: Sample, suffix: str = "") -> str:
         """What the processor is given for a sample with an image (it expands the image)."""
-        return self.render(sample)
+        return self.render(sample, suffix)
 
     def _adds_special_tokens(self, text: str) -> bool:
         """False when the template already wrote BOS (tokenizing again would double it)."""
@@ -533,12 +535,12 @@ class HFModelAdapter(HFWhiteBox):
         key = image_inputs_key(inputs) if self.image_encoder is not None else None
         return PreparedBatch(inputs, key)
 
-    def _encode_on_host(self, samples: Sequence[Sample]) -> BatchFeature:
+    def _encode_on_host(self, samples: Sequence[Sample], suffix: str = "") -> BatchFeature:
         with self._tokenizer_lock:
-            return self._encode_tokens_and_images(list(samples))
+            return self._encode_tokens_and_images(list(samples), suffix)
 
-    def _encode_tokens_and_images(self, samples: list[Sample]) -> BatchFeature:
-        texts = [self.render(s) for s in samples]
+    def _encode_tokens_and_images(self, samples: list[Sample], suffix: str = "") -> BatchFeature:
+        texts = [self.render(s, suffix) for s in samples]
         add_special = {self._adds_special_tokens(t) for t in texts}
         if len(add_special) != 1:
             raise ValueError("a batch mixes prompts with and without a BOS token: "
@@ -548,12 +550,12 @@ class HFModelAdapter(HFWhiteBox):
         text_only = [i for i, s in enumerate(samples) if s.image is None]
         if self.encode_text_only_apart and with_image and text_only:
             parts = [(with_image, self._encode_images([samples[i] for i in with_image],
-                                                      add_special_tokens)),
+                                                      add_special_tokens, suffix)),
                      (text_only, self._encode_text_only([texts[i] for i in text_only],
                                                         add_special_tokens))]
             encoding = merge_left_padded(parts, len(samples), self.tokenizer.pad_token_id)
         elif with_image:
-            encoding = self._encode_images(samples, add_special_tokens)
+            encoding = self._encode_images(samples, add_special_tokens, suffix)
         elif self.encode_text_only_apart:
             encoding = self._encode_text_only(texts, add_special_tokens)
         else:
@@ -561,11 +563,12 @@ class HFModelAdapter(HFWhiteBox):
                                       add_special_tokens=add_special_tokens)
         return _left_align(encoding)
 
-    def _encode_images(self, samples: Sequence[Sample], add_special_tokens: bool
-                       ) -> BatchFeature:
+    def _encode_images(self, samples: Sequence[Sample], add_special_tokens: bool,
+                       suffix: str = "") -> BatchFeature:
         """The processor on the batch, images nested per sample (`[[img], [], [img]]`)."""
         images = [[s.image.convert("RGB")] if s.image is not None else [] for s in samples]
-        encoding = self.processor(text=[self.processor_text(s) for s in samples], images=images,
+        encoding = self.processor(text=[self.processor_text(s, suffix) for s in samples],
+                                  images=images,
                                   padding=True, return_tensors="pt",
                                   add_special_tokens=add_special_tokens)
         encoding.pop("labels", None)  # PaliGemma's processor adds training labels

@@ -43,17 +43,24 @@ class InstructBlipAdapter(HFModelAdapter):
             self.processor.image_token = AddedToken(self.processor.image_token,
                                                     normalized=False, special=True)
 
-    def _encode_images(self, samples: Sequence[Sample], add_special_tokens: bool
-                       ) -> BatchFeature:
+    def _encode_images(self, samples: Sequence[Sample], add_special_tokens: bool,
+                       suffix: str = "") -> BatchFeature:
         """The Q-Former is BERT-like, with absolute positions: its copy of the prompt must
         start at position 0 whatever the batch, so its padding goes to the right (the
         processor pads it on the language tokenizer's side, left)."""
-        encoding = super()._encode_images(samples, add_special_tokens)
+        encoding = super()._encode_images(samples, add_special_tokens, suffix)
         mask = encoding["qformer_attention_mask"]
         order = torch.argsort(1 - mask.to(torch.int8), dim=1, stable=True)
         for key in ("qformer_input_ids", "qformer_attention_mask"):
             encoding[key] = torch.gather(encoding[key], 1, order)
         return encoding
+
+    def generation_network(self, inputs: BatchFeature) -> tuple[torch.nn.Module, BatchFeature]:
+        """A batch without images is answered by the language model alone, as it is scored."""
+        if "pixel_values" in inputs:
+            return super().generation_network(inputs)
+        return self.model.language_model, BatchFeature(
+            {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")})
 
     def answer_logits(self, inputs: Inputs, **options) -> torch.Tensor:
         """A batch without images runs the language model alone (any `network` wrapper is

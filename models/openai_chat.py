@@ -62,8 +62,12 @@ class LogprobsUnavailableError(MibenchError, RuntimeError):
     """Option probabilities asked of a server that returns no log-probabilities."""
 
 
+RUN_CACHE_DIR = "responses"  # a run's own response cache, under its run directory
+
+
 def default_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/mibench/openai` (`~/.cache/...`): shared by runs, so none pays twice."""
+    """`$XDG_CACHE_HOME/mibench/openai` (`~/.cache/...`): where an adapter used outside a
+    `mibench` run keeps its responses (a run keeps them in its own directory)."""
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root) / "mibench" / "openai"
 
@@ -145,7 +149,10 @@ class OpenAIChatAdapter(ModelAdapter):
         self.top_logprobs = top_logprobs
         self.instruction = instruction
         self.prompt = prompt_style(prompt)  # a style other than the default replaces instruction
-        self.cache = ResponseCache(cache_file(cache_dir or default_cache_dir(), model))
+        self.cache_dir = cache_dir
+        self._cache: ResponseCache | None = None  # opened on first use (see bind_run_dir)
+        self._cache_lock = threading.Lock()
+        self._run_dir: Path | None = None
         self._key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
         if self.api_key_env and not self._key:
             log.info("%s: $%s is unset or empty: no API key is sent (fine for a local server)",
@@ -165,6 +172,29 @@ class OpenAIChatAdapter(ModelAdapter):
         self._retries: Counter[str] = Counter()
         self._served: set[tuple[str | None, str | None]] = set()
         self._server: ServerInfo | None = None
+
+    # -- the response cache ----------------------------------------------------------------
+    @property
+    def cache(self) -> ResponseCache:
+        """Responses by request digest: in `cache_dir` if set, else the run's directory once
+        `bind_run_dir` named it, else `default_cache_dir()`."""
+        with self._cache_lock:
+            if self._cache is None:
+                self._cache = ResponseCache(cache_file(self.cache_dir or default_cache_dir(),
+                                                       self.model))
+            return self._cache
+
+    def bind_run_dir(self, run_dir: str | Path) -> None:
+        """With no `cache_dir` configured, keep the responses in `<run_dir>/responses/`: a
+        resumed run finds them there, and they leave with the run's other files."""
+        if self.cache_dir is not None and self._run_dir is None:
+            return  # configured: that folder is used whatever the run
+        self._run_dir = Path(run_dir)
+        self.cache_dir = str(self._run_dir / RUN_CACHE_DIR)
+        with self._cache_lock:
+            if self._cache is not None and self._cache.path != cache_file(self.cache_dir,
+                                                                          self.model):
+                self._cache = None
 
     # -- requests ----------------------------------------------------------------------------
     def redact(self, text: str) -> str:
@@ -313,9 +343,7 @@ class OpenAIChatAdapter(ModelAdapter):
         """The chat of the prompt style (the suite's: one user turn, image first, with
         `instruction`), each image as a data URL."""
         if self.prompt.name == "default":
-            turns = [{"role": "user", "content": [
-                {**part, "text": part["text"] + suffix} if part["type"] == "text" else part
-                for part in chat_messages(sample, self.instruction)[0]["content"]]}]
+            turns = chat_messages(sample, self.instruction, suffix)
         else:
             turns = self.prompt.messages(sample, suffix)
         return [{**turn, "content": [
@@ -324,19 +352,26 @@ class OpenAIChatAdapter(ModelAdapter):
             for turn in turns]
 
     def request_body(self, sample: Sample, *, max_new_tokens: int, stop: Sequence[str] = (),
-                     suffix: str = "") -> dict[str, Any]:
-        """The exact chat-completions request for one sample (its digest keys the cache)."""
+                     suffix: str = "", repetition_penalty: float = 1.0) -> dict[str, Any]:
+        """The exact chat-completions request for one sample (its digest keys the cache).
+
+        `repetition_penalty` is not in OpenAI's API; vLLM and SGLang take it as an extra
+        field (transformers' meaning), hosted APIs refuse it. Sent only when not 1.0.
+        """
         body: dict[str, Any] = {"model": self.model, "messages": self.messages(sample, suffix),
                                 "max_tokens": max_new_tokens, "temperature": 0,
                                 "seed": self.seed}
         if stop:
             body["stop"] = list(stop)
+        if repetition_penalty != 1.0:
+            body["repetition_penalty"] = repetition_penalty
         if self.server().logprobs:
             body.update(logprobs=True, top_logprobs=self.top_logprobs)
         return body
 
     def generate(self, samples: Sequence[Sample], *, max_new_tokens: int,
-                 stop: Sequence[str] = (), suffix: str = "") -> list[Generation]:
+                 stop: Sequence[str] = (), suffix: str = "", repetition_penalty: float = 1.0
+                 ) -> list[Generation]:
         """Each sample's greedy answer: from the cache, or asked `concurrency` at a time.
 
         Every answer is cached as it arrives; once a request fails for good no new one is
@@ -345,7 +380,8 @@ class OpenAIChatAdapter(ModelAdapter):
         """
         self.server()
         payloads = list(self._pool.map(lambda s: request_bytes(self.request_body(
-            s, max_new_tokens=max_new_tokens, stop=stop, suffix=suffix)), samples))
+            s, max_new_tokens=max_new_tokens, stop=stop, suffix=suffix,
+            repetition_penalty=repetition_penalty)), samples))
         keys = [request_key(p) for p in payloads]
         cached = {k for k in keys if k in self.cache}
         with self._lock:
@@ -397,6 +433,10 @@ class OpenAIChatAdapter(ModelAdapter):
             probs.append(letter_probs(generation.top_logprobs[0], sample.letters))
         return probs
 
+    def logprobs_unavailable(self) -> str | None:
+        info = self.server()
+        return None if info.logprobs else f"{self.base_url}: {info.logprobs_reason}"
+
     def prompt_length(self, sample: Sample) -> int:
         """Characters of the rendered prompt: the server tokenizes, the runner only sorts."""
         if self.prompt.name != "default":
@@ -411,6 +451,11 @@ class OpenAIChatAdapter(ModelAdapter):
         """Every (model id, system_fingerprint) the answers so far came with."""
         return [{"model": m, "system_fingerprint": f}
                 for m, f in sorted(self._served, key=lambda mf: json.dumps(mf))]
+
+    def fetch_report(self) -> dict:
+        stats = self.stats()
+        return {"requests": stats.sent, "cache_hits": stats.cache_hits,
+                "retries": dict(sorted(stats.retries.items())), "served": self.served()}
 
     def describe(self) -> dict:
         info = self.server()

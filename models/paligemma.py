@@ -31,10 +31,10 @@ class PaliGemmaAdapter(HFModelAdapter):
         text = super().apply_chat_template(messages, add_generation_prompt)
         return f"{self._bos}{self._core(text)}\n"
 
-    def processor_text(self, sample: Sample) -> str:
+    def processor_text(self, sample: Sample, suffix: str = "") -> str:
         """The rendered prompt less BOS and the final "\\n", which the processor adds back,
         after one image placeholder: the sample's one image."""
-        return self.processor.image_token + self._core(self.render(sample))
+        return self.processor.image_token + self._core(self.render(sample, suffix))
 
     @property
     def _bos(self) -> str:

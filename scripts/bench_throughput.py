@@ -4,12 +4,16 @@ Prints samples/s of (1) the suite end to end (`run_benchmark`: batch plan, optio
 from one forward pass per batch, records written and flushed, metrics), (2) the bare batched
 forward passes on the same batches, pre-encoded (the limit for (1)), and
 (3) per-sample greedy `generate` + answer parsing (how the study's code scored), on the same
-model and samples, plus their ratios and how often the two scorers agree. Then (1) and (2)
-again for image-heavy samples under clean + the text conditions, where the suite encodes each
-batch's images once for all three and the bare forward passes encode them every time.
+model and samples, plus their ratios and how often the two scorers agree; (4) the suite
+with `scorer=generate` (batched, left-padded greedy generation, letter parser) against (3).
+Then (1) and (2) again for image-heavy samples under clean + the text conditions, where the
+suite encodes each batch's images once for all three and the bare forward passes encode them
+every time. Last, for a local checkpoint, `model=openai` against `transformers serve` of the
+same checkpoint on 127.0.0.1 at 1, 8 and 32 requests in flight (scripts/bench_openai.py).
 
     python scripts/bench_throughput.py                       # toy model, 256 samples
     python scripts/bench_throughput.py --model /path/to/ckpt --n 64 --batch-size 8
+    python scripts/bench_throughput.py --served-concurrency  # no server
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_openai import served_throughput, toy_samples
 
 from mibench.cli import asset_path
 from mibench.models.hf import HFModelAdapter
+from mibench.models.local_server import served
 from mibench.perturbations.text import MisleadingText, UnrelatedText
 from mibench.records import Sample
 from mibench.runner import batch_plan, perturb_all, run_benchmark
+from mibench.scorers import GenerateScorer
 from mibench.tasks.base import Task
 from mibench.tasks.shapes import ShapesTask
 
@@ -88,13 +95,15 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--repeat", type=int, default=5,
                         help="best of this many timings (the generate loop runs once)")
+    parser.add_argument("--served-concurrency", type=int, nargs="*", default=[1, 8, 32],
+                        help="requests in flight to the served checkpoint; none: skip")
+    parser.add_argument("--served-n", type=int, default=64, help="samples sent to the server")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     adapter = HFModelAdapter.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     half = args.n // 2
-    samples: list[Sample] = (ShapesTask("image_heavy", half, name="ih").samples()
-                             + ShapesTask("text_heavy", args.n - half, name="th").samples())
+    samples = toy_samples(args.n)
     lengths = adapter.prompt_lengths(samples)
     batches = [[samples[i] for i in b] for b in batch_plan(samples, lengths, args.batch_size)]
     adapter.option_probs(batches[0])  # warm-up
@@ -102,11 +111,11 @@ def main() -> None:
     # the samples exist before any timing starts: generating data is the dataset's cost
     tasks = {"ih": FixedTask("ih", "image_heavy", samples[:half]),
              "th": FixedTask("th", "text_heavy", samples[half:])}
-    def suite() -> dict[str, int]:
+    def suite(scorer: GenerateScorer | None = None) -> dict[str, int | None]:
         adapter.clear_caches()  # no prompt rendered before the clock starts
         with tempfile.TemporaryDirectory() as out_dir:  # the whole suite: plan, score, store
             run_benchmark(adapter, tasks, {}, out_dir, batch_size=args.batch_size,
-                          progress=False)
+                          progress=False, scorer=scorer)
             rows = map(json.loads, (Path(out_dir) / "records.jsonl").read_text().splitlines())
             return {row["sample_id"]: row["prediction"] for row in rows}
 
@@ -140,6 +149,15 @@ def main() -> None:
     print(f"suite / generate loop:             {t_gen / t_suite:9.1f}x")
     print(f"answers agree: {100 * agree:.1f}%   unparsed generations: {unparsed}")
 
+    # the suite generating: batched greedy generation and the letter parser, the same rule
+    t_batched, batched = timed(lambda: suite(GenerateScorer(max_new_tokens=args.max_new_tokens)))
+    batched_pred = [batched[s.id] for b in batches for s in b]
+    same = sum(a == b for a, b in zip(batched_pred, gen_pred, strict=True)) / n
+    print(f"suite, scorer=generate (batched):  {n / t_batched:9.1f} samples/s")
+    print(f"batched generate / generate loop:  {t_gen / t_batched:9.1f}x")
+    print(f"batched and per-sample generated answers agree: {100 * same:.1f}%   "
+          f"unparsed: {sum(p is None for p in batched_pred)}")
+
     # image-heavy under clean + the text conditions: the images of a batch are shared
     text_conditions = {"unrelated_text": UnrelatedText(), "misleading_text": MisleadingText()}
     ih_samples = ShapesTask("image_heavy", args.n, name="ih").samples()
@@ -162,6 +180,17 @@ def main() -> None:
     print(f"suite (images encoded once a batch): {scored / t_grid:9.1f} samples/s")
     print(f"bare batched forward (every time):   {scored / t_grid_bare:9.1f} samples/s  "
           f"(suite overhead {100 * (t_grid / t_grid_bare - 1):.1f}%)")
+
+    if args.served_concurrency and Path(args.model).is_dir():
+        with tempfile.TemporaryDirectory() as scratch:  # the same checkpoint, served
+            with served(args.model, Path(scratch) / "server.log") as server:
+                print("model=openai against transformers serve:")
+                served_throughput(server.base_url, server.model, toy_samples(args.served_n),
+                                  args.served_concurrency, args.max_new_tokens, None,
+                                  Path(scratch))
+    elif args.served_concurrency:
+        print(f"model=openai: {args.model} is not a local directory; serve it yourself and "
+              "run scripts/bench_openai.py --base-url URL --model NAME")
 
 
 if __name__ == "__main__":

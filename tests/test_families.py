@@ -443,7 +443,7 @@ CONFIGS = sorted(catalog.config_dir().glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_model_config_fits_its_adapter(path):
-    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    cfg = OmegaConf.to_container(catalog.read_model_yaml(path), resolve=False)
     target = cfg.pop("_target_")
     if "base_url" in cfg:  # a served model: the adapter class itself is the target
         module, cls = target.rsplit(".", 1)

@@ -292,7 +292,7 @@ FILES = {
         "bytes; at most 8,388,608 are accepted"),
     "expansion bomb, one endless line": (
         RECORDS_GZ, lambda doc, line: ("bomb", b"0" * 4096, 64 << 20),
-        "line 1 is longer than 16,384 bytes; no record is"),
+        "line 1 is longer than 65,536 bytes; no record is"),
     "expansion bomb, endless blank lines": (
         RECORDS_GZ, lambda doc, line: ("bomb", b"\n", 64 << 20),
         "line 1: is empty (canonical records have no blank lines)"),
@@ -302,7 +302,7 @@ FILES = {
     "a record nested deep": (
         RECORDS_GZ, lambda doc, line: gzip.compress(
             line.replace(b'"probs":[', b'"probs":[[[[[[') + b"\n"),
-        "line 1: is nested deeper than 2 levels"),
+        "line 1: is nested deeper than 3 levels"),
 }
 
 

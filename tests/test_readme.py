@@ -42,6 +42,8 @@ SKIP_RULES: tuple[tuple[str, str], ...] = (
     (r"logger\.mode=online", "needs W&B over the network (offline mode: tests/test_cli.py)"),
     (r"facts\.model=", "a fact-writing LLM from the hub"),
     (r"model\.path=(?![/.])\S*/", "a checkpoint from the hub"),
+    (r"model=openai\b", "a served model: tests/test_openai_runs.py runs model=openai against "
+                        "transformers serve on 127.0.0.1"),
     (r"model=(?!hf\b|toy_llava\b|toy_llava_mitigated\b)\w+", "a checkpoint from the hub"),
 )
 
