@@ -78,9 +78,6 @@ from mibench.tasks.study_data import hub_patterns
 
 CONF = Path(mibench.conf.__file__).parent
 ROOT = Path(__file__).resolve().parents[1]
-HAS_SCORER = (CONF / "scorer" / "study.yaml").is_file()
-NO_SCORER = ("conf/scorer/study.yaml is not in this checkout: the generation scorer (issue 17) "
-             "is merged separately; this check runs once it is")
 UNVERIFIED = {"verify": False}
 OFFICIAL_TASKS = ["study_mini_imagenet", "study_caltech101", "study_mmlu", "study_openbookqa",
                   "study_scienceqa", "study_seed_bench", "study_mmbench"]
@@ -188,16 +185,14 @@ def test_the_benchmark_resolves_to_the_real_releases_values(tmp_path, monkeypatc
     code (verified against the pinned digests) rather than from a comment."""
     monkeypatch.setenv("MIBENCH_STUDY_CODE", os.environ["MIBENCH_STUDY_CODE_PINNED"])
     release = StudyRelease()
-    resolved = OmegaConf.to_container(compose_official(
-        tmp_path, f"out_dir={tmp_path / 'out'}", scorer=HAS_SCORER), resolve=True)
+    resolved = OmegaConf.to_container(compose_official(tmp_path), resolve=True)
     style = prompt_style(resolved["model"]["prompt"])
     assert style.system == release.system_prompt("qa_image_prompt")
     assert style.plain_format == release.string(PROMPT_MODULE, "blip_visual_format")
     unrelated = instantiate(resolved["grid"]["conditions"]["unrelated_text"])
     assert unrelated.n_sentences == release.unrelated_pool().draws
     assert unrelated.sentences == list(release.unrelated_pool().sentences)
-    if HAS_SCORER:
-        check_scorer_against(resolved["scorer"], release)
+    check_scorer_against(resolved["scorer"], release)
 
 
 # -- prompt styles -----------------------------------------------------------------------------
@@ -534,27 +529,17 @@ def test_changes_are_measured_against_the_tasks_reference(tiny_adapter, tmp_path
 
 
 # -- the benchmark -----------------------------------------------------------------------------
-def compose_official(tmp_path: Path, *overrides: str, scorer: bool = False):
-    """`benchmark=cai2025_official` as shipped (scorer=True), or the same YAML without its
-    scorer line, so everything but generation is checked before the scorer group exists."""
-    name = "cai2025_official"
-    if not scorer:
-        folder = tmp_path / "searchpath" / "benchmark"
-        folder.mkdir(parents=True, exist_ok=True)
-        text = (CONF / "benchmark" / f"{name}.yaml").read_text()
-        lines = [x for x in text.splitlines() if "override /scorer" not in x]
-        assert len(lines) == len(text.splitlines()) - 1  # exactly the scorer line removed
-        name = "cai2025_official_likelihood"
-        (folder / f"{name}.yaml").write_text("\n".join(lines) + "\n")
-        overrides = (f"hydra.searchpath=[file://{tmp_path / 'searchpath'}]", *overrides)
+def compose_official(tmp_path: Path, *overrides: str):
+    """`benchmark=cai2025_official` as the command line composes it."""
     with initialize_config_module("mibench.conf", version_base="1.3"):
-        return compose("config", overrides=[f"benchmark={name}", *overrides])
+        return compose("config", overrides=["benchmark=cai2025_official",
+                                            f"out_dir={tmp_path / 'out'}", *overrides])
 
 
 def test_the_resolved_config_is_the_released_protocol(tmp_path):
     """Every element of the official grid against the study's released code (its values are
     in the comments; the sha256 pins are of its files at the pinned commit)."""
-    cfg = compose_official(tmp_path, f"out_dir={tmp_path / 'out'}", scorer=HAS_SCORER)
+    cfg = compose_official(tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     grid = resolved["grid"]
     assert grid["name"] == "cai2025_official"
@@ -614,7 +599,6 @@ def test_the_resolved_config_is_the_released_protocol(tmp_path):
         n: {k: v for k, v in t.items() if k != "data_dir"} for n, t in tasks.items()}
 
 
-@pytest.mark.skipif(not HAS_SCORER, reason=NO_SCORER)
 def test_the_scorer_is_the_released_generation_protocol(tmp_path):
     """configs/model_inference/*/args_*.yaml: max_new_tokens 10, repetition_penalty 1.2,
     temperature 0 (local.py: do_sample False, greedy), retry_thres 2 (two asks: one retry);
@@ -622,8 +606,7 @@ def test_the_scorer_is_the_released_generation_protocol(tmp_path):
     pinned file)."""
     from mibench.answer_parsing import StudyParser
 
-    cfg = compose_official(tmp_path, f"out_dir={tmp_path / 'out'}", scorer=True)
-    scorer = instantiate(cfg.scorer)
+    scorer = instantiate(compose_official(tmp_path).scorer)
     described = scorer.describe()
     assert (described["name"], described["decoding"], described["max_new_tokens"],
             described["repetition_penalty"], described["stop"]) == (
@@ -645,13 +628,13 @@ def check_scorer_against(scorer: dict, release: StudyRelease) -> None:
         assert 1 + profile.retries == settings["retry_thres"], path  # asks in all
 
 
-def official_run(tmp_path: Path, checkpoint: str, root: Path, *extra: str, scorer: bool):
+def official_run(tmp_path: Path, checkpoint: str, root: Path, *extra: str):
     out = tmp_path / "run"
     cfg = compose_official(
         tmp_path, "model=hf", f"model.path={checkpoint}", "model.name=tiny",
         "model.dtype=float32", "model.device=cpu", f"data_root={root}", f"out_dir={out}",
         "progress=false", "batch_size=4", "model.unknown_words_refuse=1",
-        "grid.study_release.verify=false", *extra, scorer=scorer)
+        "grid.study_release.verify=false", *extra)
     return run(cfg), out
 
 
@@ -684,16 +667,41 @@ def check_official_document(document: dict, out: Path) -> None:
 
 
 def test_the_official_grid_runs_end_to_end_offline(tiny_checkpoint, study_root, tmp_path,
-                                                   one_thread):
-    """Items, prompts, stimuli and reference of the official grid, scored by likelihood (the
-    suite's default scorer) on the tiny checkpoint; the same with the study's scorer below."""
-    document, out = official_run(tmp_path, tiny_checkpoint, study_root, scorer=False)
+                                                   one_thread, capsys):
+    """Items, prompts, stimuli, reference and the study's scoring (generation, its parser and
+    retry) of the official grid on the tiny checkpoint, from release-format fixtures."""
+    document, out = official_run(tmp_path, tiny_checkpoint, study_root)
     check_official_document(document, out)
+    assert document["scorer"]["name"] == "study"
     records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 12 * 3 + 2 * 12 * 5 + 3 * 12
+    assert all(r["generated"]["responses"] for r in records)
+    # accuracy over all samples and over the parsed ones, as the study reports both
+    for conditions in document["results"].values():
+        for metrics in conditions.values():
+            assert {"accuracy", "accuracy_parsed", "parse_failure_rate"} <= set(metrics)
     # the study's layout tables and figure of this run
     text = render_study_tables(load_runs_of(out))
     assert "| Random Pixels (Clean) |" in text and "| No Image |" in text
+    # and its own two accuracies, from the records and the items the run read
+    from mibench.study_report import main as report_main
+
+    assert report_main([str(out), "--json", str(tmp_path / "c.json")]) == 0
+    rows = json.loads((tmp_path / "c.json").read_text())["study_accuracies"]
+    assert len(rows) == 2 * 3 + 2 * 5 + 3 and rows[0]["reported"] == 12
+    by = {(r["task"], r["condition"]): r for r in rows}
+    for task_name, conditions in document["results"].items():
+        for condition, metrics in conditions.items():
+            assert by[(task_name, condition)]["all_report_accuracy"] == pytest.approx(
+                metrics["accuracy"]["value"])
+    assert "The study's two accuracies" in capsys.readouterr().out
+
+
+def test_the_command_line_chooses_another_scorer(tmp_path):
+    """The benchmark sets the study's scorer; `scorer=` on the command line still wins."""
+    assert compose_official(tmp_path).scorer.name == "study"
+    assert compose_official(tmp_path, "scorer=likelihood").scorer._target_.endswith(
+        "LikelihoodScorer")
 
 
 def load_runs_of(*dirs: Path):
@@ -702,14 +710,6 @@ def load_runs_of(*dirs: Path):
     return load_runs(list(dirs))
 
 
-@pytest.mark.skipif(not HAS_SCORER, reason=NO_SCORER)
-def test_the_official_benchmark_with_its_scorer_runs_end_to_end(tiny_checkpoint, study_root,
-                                                                tmp_path, one_thread):
-    document, out = official_run(tmp_path, tiny_checkpoint, study_root, scorer=True)
-    check_official_document(document, out)
-
-
-@pytest.mark.skipif(not HAS_SCORER, reason=NO_SCORER)
 def test_the_reproduction_script_dry_run(tmp_path):
     out = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_cai2025.sh"), "--dry-run",
                           "--out", str(tmp_path / "run")], capture_output=True, text=True,
@@ -807,7 +807,6 @@ def generated_run(root: Path, out: Path, responses: list[str], predictions: list
     return out
 
 
-@pytest.mark.skipif(not HAS_SCORER, reason=NO_SCORER)
 def test_the_report_gives_the_studys_accuracies_of_a_generated_run(study_root, tmp_path,
                                                                    capsys):
     from mibench.study_report import main as report_main
