@@ -237,12 +237,11 @@ def study_table(records: Sequence[Record], golds: dict[str, tuple[str, dict]],
     cells: dict[tuple[str, str], list[Outcome]] = {
         (task, condition): [] for task, conditions in order.items() for condition in conditions}
     for record in records:
-        generated = getattr(record, "generated", None)
-        if record.task not in golds or generated is None:
+        if record.task not in golds or record.generated is None:
             continue
         category, texts = golds[record.task]
         cells.setdefault((record.task, record.condition), []).append(Outcome(
-            record.correct, generated.responses[-1], texts.get(record.sample_id, ""),
+            record.correct, record.generated.responses[-1], texts.get(record.sample_id, ""),
             category))
     return [{"task": task, "condition": condition, **study_accuracies(outcomes)}
             for (task, condition), outcomes in cells.items() if outcomes]
@@ -282,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     study_rows = []
     records_path = path.parent / RECORDS_FILE
     records = read_records(records_path)
-    if any(getattr(r, "generated", None) is not None for r in records):
+    if any(r.generated is not None for r in records):
         try:
             study_rows = study_table(records, gold_texts(document, args.data_root),
                                      document.get("results", {}))
