@@ -60,9 +60,12 @@ def run_id(*, _root_: DictConfig) -> str:
         node = _root_.get(key)
         if not isinstance(node, DictConfig):
             return node
+        # resolved in place: a model setting may point elsewhere in the config (the official
+        # benchmark's prompt names ${grid.study_release}); a masked copy could not resolve it
+        value = OmegaConf.to_container(node, resolve=True)
         if key == "model":
-            node = OmegaConf.masked_copy(node, [k for k in node if k not in FETCH_KEYS])
-        return OmegaConf.to_container(node, resolve=True)
+            value = {k: v for k, v in value.items() if k not in FETCH_KEYS}
+        return value
 
     parts = {k: part(k) for k in RUN_KEYS}
     # a served model is named by the server's name for it
@@ -225,7 +228,8 @@ def run(cfg: DictConfig) -> dict | None:
             document["scoring"]["fetch"] = fetched
         path = write_metrics(document, out_dir)
         metrics = metrics_of(document, path)
-        table = format_table(metrics.results, metrics.failed)
+        table = format_table(metrics.results, metrics.failed, references={
+            t: d["reference"] for t, d in metrics.tasks.items() if "reference" in d})
         (out_dir / "table.md").write_text(table + "\n")
         if metrics.results:  # every task may have failed
             accuracy_bars(metrics.results, out_dir / "accuracy.png", model=metrics.model_name,

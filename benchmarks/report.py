@@ -69,10 +69,15 @@ def format_estimate(estimate: dict | None, percent: bool = True, signed: bool = 
     return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
-def format_table(results: dict, failed: list[dict] | tuple = ()) -> str:
+def format_table(results: dict, failed: list[dict] | tuple = (),
+                 references: dict[str, str] | None = None) -> str:
     """A markdown table: accuracy, change vs clean, flip rate, JS divergence, with 95% CIs;
     for generated answers also the share no parser could read ("unparsed"); a FAILED row
-    per failed task or condition (metrics.json's `failed`), errors below."""
+    per failed task or condition (metrics.json's `failed`), errors below.
+
+    `references`: per task, the condition its changes are measured against where that is not
+    clean (a task's `reference`, in metrics.json's `tasks`); that row is marked so."""
+    references = references or {}
     parsed = any("parse_failure_rate" in m for conds in results.values() for m in conds.values())
     header = ("| task | condition | n | accuracy % | change (points) | flip rate % "
               "| JS div. (bits) |" + (" unparsed % |" if parsed else ""))
@@ -83,16 +88,21 @@ def format_table(results: dict, failed: list[dict] | tuple = ()) -> str:
             drop = m.get("drop")
             change = None if drop is None else {
                 "value": -drop["value"], "low": -drop["high"], "high": -drop["low"]}
+            shown = f"{cond} (reference)" if references.get(task, CLEAN) == cond != CLEAN else cond
             lines.append(
-                f"| {task} | {cond} | {m['accuracy']['n']} | {format_estimate(m['accuracy'])} | "
+                f"| {task} | {shown} | {m['accuracy']['n']} | {format_estimate(m['accuracy'])} | "
                 f"{'-' if cond == CLEAN else format_estimate(change, signed=True)} | "
                 f"{format_estimate(m.get('flip_rate'))} | "
                 f"{format_estimate(m.get('js_divergence'), percent=False)} |"
                 + (f" {format_estimate(m.get('parse_failure_rate'))} |" if parsed else "")
             )
+    marked = {t: r for t, r in references.items() if r != CLEAN and t in results}
     for failure in failed:
         lines.append(f"| {failure['task']} | {failure['condition'] or 'all'} | - | FAILED |"
                      + " - |" * (columns - 4))
+    if marked:
+        lines += ["", "Changes, flips and JS are measured against clean, except for "
+                  + ", ".join(f"{t} (against {r})" for t, r in marked.items()) + "."]
     if failed:
         lines += ["", f"{len(failed)} failed (their errors; every other result is complete):"]
         lines += [f"- {f['task']}{' / ' + f['condition'] if f['condition'] else ''}: "

@@ -190,6 +190,10 @@ def run_benchmark(
 ) -> BenchmarkResult | None:
     """Score clean and every applicable condition of every task; return metrics with CIs.
 
+    Changes (drop, flip and harm rates, JS divergence) compare each condition with the task's
+    reference (`Task.reference`): clean, unless the task names a condition of the run (the
+    study's text-heavy questions: its random-pixel image); the reference gets accuracy only.
+
     `scorer` reads the answers (default: option likelihood). Every task's data is loaded
     first, then the directory's fingerprint is checked: the caller's `fingerprint` plus the
     scorer's and each task's and condition's describe() (with data digests).
@@ -277,10 +281,19 @@ def run_benchmark(
                                  for f in failures)]
         if CLEAN not in complete:
             continue
+        reference = tasks[task_name].reference  # what drop, flips and JS compare with
+        if reference not in complete and not any(
+                f.task == task_name and f.condition in (reference, None) for f in failures):
+            failures.append(Failure(task_name, reference, (
+                f"the task's reference condition {reference!r} was not scored in this run "
+                "(add it to the conditions, or set the task's `reference: clean`); only "
+                "accuracies are reported")))
         metrics[task_name] = {CLEAN: scoring.clean_metrics(stored[CLEAN])}
         for name in complete[1:]:
-            metrics[task_name][name] = scoring.condition_metrics(stored[CLEAN], stored[name],
-                                                                 seed=seed)
+            metrics[task_name][name] = (
+                scoring.condition_metrics(stored[reference], stored[name], seed=seed)
+                if reference in complete and name != reference
+                else scoring.clean_metrics(stored[name]))
     for failure in failures:
         log.error("FAILED %s%s: %s", failure.task,
                   f" / {failure.condition}" if failure.condition else "", failure.error)

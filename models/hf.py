@@ -31,7 +31,7 @@ from transformers import (
 
 from mibench.digests import checkpoint_digest
 from mibench.errors import MibenchError
-from mibench.prompts import chat_messages, format_prompt
+from mibench.prompt_styles import PromptStyle, prompt_style
 from mibench.records import OPTION_LETTERS, Sample
 
 from . import vocabulary
@@ -130,7 +130,8 @@ class HFModelAdapter(HFGeneration, HFWhiteBox):
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, name: str,
                  provenance: dict | None = None, *, prompt_format: str | None = None,
                  unknown_words_warn: float = UNKNOWN_WORDS_WARN,
-                 unknown_words_refuse: float = UNKNOWN_WORDS_REFUSE) -> None:
+                 unknown_words_refuse: float = UNKNOWN_WORDS_REFUSE,
+                 prompt: str | dict | PromptStyle | None = None) -> None:
         if not 0 <= unknown_words_warn <= unknown_words_refuse <= 1:
             raise ValueError("need 0 <= model.unknown_words_warn <= model.unknown_words_refuse "
                              f"<= 1, got {unknown_words_warn} and {unknown_words_refuse}")
@@ -145,6 +146,9 @@ class HFModelAdapter(HFGeneration, HFWhiteBox):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.oom_backoffs = 0  # batches split in halves after running out of GPU memory
         self.prompt_format = prompt_format
+        self.prompt = prompt_style(prompt)  # how samples become text (mibench.prompt_styles)
+        if self.prompt.name != "default":
+            self.provenance["prompt"] = self.prompt.describe()
         self.chat_template = None
         if prompt_format is None:
             self.chat_template = (getattr(processor, "chat_template", None)
@@ -184,13 +188,15 @@ class HFModelAdapter(HFGeneration, HFWhiteBox):
         prompt_format: str | None = None,
         unknown_words_warn: float = UNKNOWN_WORDS_WARN,
         unknown_words_refuse: float = UNKNOWN_WORDS_REFUSE,
+        prompt: str | dict | PromptStyle | None = None,
     ) -> HFModelAdapter:
         """Load by hub id or local directory; `revision` pins a hub commit, tag or branch.
 
         `device_map` (e.g. "auto") spreads a model too big for one GPU over the devices
         (Accelerate); without it the whole model goes to `device`. Called on the generic
         class, a checkpoint of a family with its own adapter (`families.FAMILY_ADAPTERS`)
-        is loaded by that adapter. `unknown_words_*`: see `check_samples`.
+        is loaded by that adapter. `unknown_words_*`: see `check_samples`. `prompt`: the
+        prompt style (mibench.prompt_styles; None: the suite's default).
         """
         dtype = DTYPE_ALIASES.get(dtype, dtype)
         if dtype not in DTYPES:
@@ -211,7 +217,7 @@ class HFModelAdapter(HFGeneration, HFWhiteBox):
                     attn_implementation=attn_implementation,
                     trust_remote_code=trust_remote_code, device_map=device_map,
                     prompt_format=prompt_format, unknown_words_warn=unknown_words_warn,
-                    unknown_words_refuse=unknown_words_refuse)
+                    unknown_words_refuse=unknown_words_refuse, prompt=prompt)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         load = {"revision": revision, "trust_remote_code": trust_remote_code}
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -234,7 +240,7 @@ class HFModelAdapter(HFGeneration, HFWhiteBox):
                           path, getattr(model.config, "_commit_hash", None) or revision)}
         return cls(model, processor, name or path.rstrip("/").split("/")[-1], provenance,
                    prompt_format=prompt_format, unknown_words_warn=unknown_words_warn,
-                   unknown_words_refuse=unknown_words_refuse)
+                   unknown_words_refuse=unknown_words_refuse, prompt=prompt)
 
     @classmethod
     def load_processor(cls, path: str, **load) -> ProcessorMixin:
@@ -242,21 +248,21 @@ class HFModelAdapter(HFGeneration, HFWhiteBox):
 
     # -- prompts -------------------------------------------------------------------------
     def render(self, sample: Sample, suffix: str = "") -> str:
-        """The full prompt text, chat template and generation prompt included; `suffix`
-        ends the user's text (a generating scorer's retry).
+        """The full prompt text, chat template and generation prompt included, through the
+        adapter's prompt style; `suffix` is appended to the user's text (a retry).
 
-        Memoised on what the text depends on (the question block and whether an image
+        Memoised on what the text depends on (the user's text and whether an image
         comes first): the runner asks for a prompt's length and then encodes it.
         """
-        prompt = format_prompt(sample, suffix=suffix)
+        prompt = self.prompt.user_text(sample, suffix)
         key = (prompt, sample.image is not None)
         rendered = self._rendered.get(key)
         if rendered is None:
             if self.chat_template is None:
-                rendered = self.prompt_format.format(prompt=prompt,
-                                                     bos=self.tokenizer.bos_token or "")
+                rendered = self.prompt.plain_prompt(sample, self.prompt_format,
+                                                    self.tokenizer.bos_token or "", suffix)
             else:
-                rendered = self.apply_chat_template(chat_messages(sample, suffix=suffix))
+                rendered = self.apply_chat_template(self.prompt.messages(sample, suffix))
             if len(self._rendered) >= RENDER_CACHE_SIZE:
                 self._rendered.clear()
             self._rendered[key] = rendered
@@ -355,7 +361,7 @@ class HFModelAdapter(HFGeneration, HFWhiteBox):
         if prompt[-1:].isspace():
             return ""
         if self.chat_template is not None:
-            answered = chat_messages(probe) + [
+            answered = self.prompt.messages(probe) + [
                 {"role": "assistant", "content": [{"type": "text", "text": "A"}]}]
             try:
                 text = self.apply_chat_template(answered, add_generation_prompt=False)

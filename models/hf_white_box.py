@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mibench.prompts import format_prompt
 from mibench.records import Sample
 
 from .base import DifferentiableAdapter, Embedded, Inputs, PixelLayout, WhiteBoxError
@@ -46,7 +45,8 @@ class HFWhiteBox(DifferentiableAdapter):
     """`DifferentiableAdapter` for transformers image-text-to-text models.
 
     Reads `self.model` (its `get_decoder()` and config), `self.processor`'s image processor,
-    `self.tokenizer` and `self.render(sample)`, all set by `HFModelAdapter`.
+    `self.tokenizer`, `self.render(sample)` and `self.prompt` (its prompt style), all set by
+    `HFModelAdapter`.
     """
 
     pixel_key = "pixel_values"  # the batch's key the pixels are under
@@ -181,11 +181,11 @@ class HFWhiteBox(DifferentiableAdapter):
         if not sample.distractor:
             raise WhiteBoxError(f"sample {sample.id!r} has no distractor text")
         rendered = self.render(sample)
-        start = rendered.find(format_prompt(sample))
-        if start < 0:
+        found = rendered.find(self.prompt.user_text(sample))
+        if found < 0:
             raise WhiteBoxError(f"sample {sample.id!r}: the chat template changed the prompt "
                                 "text; cannot locate its distractor")
-        end = start + len(sample.distractor)
+        start, end = (found + k for k in self.prompt.distractor_span(sample))
         bos = self.tokenizer.bos_token
         enc = self.tokenizer(rendered, add_special_tokens=not (bos and rendered.startswith(bos)),
                              return_offsets_mapping=True)

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from mibench.errors import MibenchError
+from mibench.prompt_styles import PromptStyle, prompt_style
 from mibench.prompts import ANSWER_INSTRUCTION, chat_messages, format_prompt
 from mibench.records import Sample
 from mibench.seeding import stable_seed
@@ -122,7 +123,8 @@ class OpenAIChatAdapter(ModelAdapter):
                  concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 6,
                  backoff_s: float = 1.0, max_backoff_s: float = 60.0, seed: int = 0,
                  logprobs: bool | str = "auto", top_logprobs: int = 20,
-                 instruction: str = ANSWER_INSTRUCTION) -> None:
+                 instruction: str = ANSWER_INSTRUCTION,
+                 prompt: str | dict | PromptStyle | None = None) -> None:
         if not re.match(r"https?://", str(base_url)):
             raise MibenchError(f"model.base_url must be an http(s) URL such as "
                                f"http://127.0.0.1:8000/v1, got {base_url!r}")
@@ -146,6 +148,7 @@ class OpenAIChatAdapter(ModelAdapter):
         self.logprobs = logprobs
         self.top_logprobs = top_logprobs
         self.instruction = instruction
+        self.prompt = prompt_style(prompt)  # a style other than the default replaces instruction
         self.cache_dir = cache_dir
         self._cache: ResponseCache | None = None  # opened on first use (see bind_run_dir)
         self._cache_lock = threading.Lock()
@@ -337,15 +340,16 @@ class OpenAIChatAdapter(ModelAdapter):
 
     # -- the model contract ------------------------------------------------------------------
     def messages(self, sample: Sample, suffix: str = "") -> list[dict[str, Any]]:
-        """The suite's chat message (image first), with the image as a data URL."""
-        content = []
-        for part in chat_messages(sample, self.instruction, suffix)[0]["content"]:
-            if part["type"] == "image":
-                content.append({"type": "image_url",
-                                "image_url": {"url": image_data_url(sample.image)}})
-            else:
-                content.append({"type": "text", "text": part["text"]})
-        return [{"role": "user", "content": content}]
+        """The chat of the prompt style (the suite's: one user turn, image first, with
+        `instruction`), each image as a data URL."""
+        if self.prompt.name == "default":
+            turns = chat_messages(sample, self.instruction, suffix)
+        else:
+            turns = self.prompt.messages(sample, suffix)
+        return [{**turn, "content": [
+            {"type": "image_url", "image_url": {"url": image_data_url(sample.image)}}
+            if part["type"] == "image" else part for part in turn["content"]]}
+            for turn in turns]
 
     def request_body(self, sample: Sample, *, max_new_tokens: int, stop: Sequence[str] = (),
                      suffix: str = "", repetition_penalty: float = 1.0) -> dict[str, Any]:
@@ -439,6 +443,8 @@ class OpenAIChatAdapter(ModelAdapter):
 
     def prompt_length(self, sample: Sample) -> int:
         """Characters of the rendered prompt: the server tokenizes, the runner only sorts."""
+        if self.prompt.name != "default":
+            return len(self.prompt.user_text(sample))
         return len(format_prompt(sample, self.instruction))
 
     def stats(self) -> RequestStats:
@@ -457,8 +463,10 @@ class OpenAIChatAdapter(ModelAdapter):
 
     def describe(self) -> dict:
         info = self.server()
+        prompt = {} if self.prompt.name == "default" else {"prompt": self.prompt.describe()}
         return {
-            "name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            **prompt, "name": self.name,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "backend": "openai-chat-completions", "base_url": self.base_url,
             "model": self.model, "api_key_env": self.api_key_env, "temperature": 0,
             "seed": self.seed, "instruction": self.instruction, "images": "png data URL",

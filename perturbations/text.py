@@ -99,22 +99,51 @@ class GeneratedFacts:
 
 
 class UnrelatedText(Perturbation):
-    """Adds sentences that have nothing to do with the image or the options."""
+    """Adds sentences that have nothing to do with the image or the options.
+
+    `n_sentences` are drawn from `sentences` without replacement (no sentence twice) while
+    the pool has that many, with replacement beyond; `replace=True` always draws with
+    replacement, as the study does (10 uniform draws from its pool of 80).
+    """
 
     touches = "text"
 
     def __init__(self, name: str = "unrelated_text",
                  sentences: Sequence[str] = DEFAULT_UNRELATED_SENTENCES,
-                 n_sentences: int = 1) -> None:
-        if not sentences or not 1 <= n_sentences <= len(sentences):
-            raise ValueError(f"perturbation {name!r}: need 1..{len(sentences)} sentences, "
-                             f"asked for {n_sentences}")
+                 n_sentences: int = 1, replace: bool | None = None) -> None:
+        if not sentences or n_sentences < 1:
+            raise ValueError(f"perturbation {name!r}: need a non-empty pool and "
+                             f"n_sentences >= 1, got {len(sentences)} sentences and "
+                             f"n_sentences={n_sentences}")
+        if replace is False and n_sentences > len(sentences):
+            raise ValueError(f"perturbation {name!r}: {n_sentences} sentences without "
+                             f"replacement from a pool of {len(sentences)}; set replace: null "
+                             "(with replacement beyond the pool) or true")
         self.name, self.sentences, self.n_sentences = name, list(sentences), n_sentences
+        self._replace = replace
+
+    @property
+    def with_replacement(self) -> bool:
+        return self._replace if self._replace is not None else (
+            self.n_sentences > len(self.sentences))
+
+    def text(self, rng: np.random.Generator) -> str:
+        """The sentences drawn for one sample, joined by spaces."""
+        picked = rng.choice(len(self.sentences), size=self.n_sentences,
+                            replace=self.with_replacement)
+        return " ".join(self.sentences[int(i)] for i in picked)
 
     def apply(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        picked = rng.choice(len(self.sentences), size=self.n_sentences, replace=False)
-        text = " ".join(self.sentences[int(i)] for i in picked)
-        return dataclasses.replace(sample, distractor=_join(sample.distractor, text))
+        return dataclasses.replace(sample, distractor=_join(sample.distractor, self.text(rng)))
+
+    def describe(self) -> dict:
+        """As any perturbation; a draw with replacement says so (`sampling`). Without, the
+        record is the one it always was, so earlier results keep their fingerprint."""
+        info = super().describe()
+        if self.with_replacement:
+            info["params"]["sampling"] = (
+                f"{self.n_sentences} of {len(self.sentences)} sentences, with replacement")
+        return info
 
 
 class MisleadingText(Perturbation):

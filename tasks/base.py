@@ -17,6 +17,9 @@ class Task(ABC):
     name: str
     version: int = 1
     category: Category
+    # The condition the others are compared with (drop, flip rate, harm, JS): "clean", or a
+    # condition of the run, e.g. the study's random-pixel image for its text-heavy questions.
+    reference: str = "clean"
 
     @abstractmethod
     def samples(self) -> list[Sample]:
@@ -24,5 +27,8 @@ class Task(ABC):
 
     def describe(self) -> dict:
         """What the results record about this task."""
-        return {"name": self.name, "version": self.version, "category": self.category,
+        info = {"name": self.name, "version": self.version, "category": self.category,
                 "class": f"{type(self).__module__}.{type(self).__qualname__}"}
+        if self.reference != "clean":  # recorded only where it is not the default
+            info["reference"] = self.reference
+        return info

@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,17 @@ os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
 atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 
 from families_builders import FAMILIES, Family, load, missing_requirement  # noqa: E402
+
+# The reference study's released code, as fixture files in its layout (mibench.study_release
+# reads it from here; tests never download it). Stimuli read from it are unverified
+# (grid.study_release.verify=false) wherever a test uses them.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "scripts"))
+from study_fixtures import write_release  # noqa: E402
+
+STUDY_CODE = tempfile.mkdtemp(prefix="mibench-study-code-")
+atexit.register(shutil.rmtree, STUDY_CODE, ignore_errors=True)
+write_release(Path(STUDY_CODE))
+os.environ["MIBENCH_STUDY_CODE"] = STUDY_CODE
 
 from mibench.cli import asset_path  # noqa: E402
 from mibench.models import toy_builder  # noqa: E402

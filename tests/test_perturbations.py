@@ -1,5 +1,7 @@
 """Contract and property tests for every perturbation config in conf/perturbation."""
 
+import dataclasses
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
+from study_fixtures import write_pool
 
 import mibench.conf
 from mibench.perturbations.base import Attack, Perturbation
@@ -21,8 +24,25 @@ from mibench.seeding import rng_for
 CONF = Path(mibench.conf.__file__).parent / "perturbation"
 
 
+# The study's image pool as a fixture tree (its released code is the conftest's fixture copy).
+POOL_ROOT = Path(tempfile.mkdtemp(prefix="mibench-pool-"))
+write_pool(POOL_ROOT / "study_data")
+
+
 def load(path: Path) -> Perturbation | Attack:
-    return instantiate(OmegaConf.load(path))
+    cfg = OmegaConf.load(path)
+    if "release" in cfg:  # the study's texts: from the fixture copy, which no pin matches
+        cfg.release = {"verify": False}
+    if "data_dir" in (cfg.get("donors") or {}):  # the study's image pool
+        cfg.donors.data_dir = str(POOL_ROOT)
+    return instantiate(cfg)
+
+
+def with_facts(sample: Sample) -> Sample:
+    """An image-heavy sample as the study's items come: a released fact on a wrong option."""
+    wrong = sample.options[(sample.answer + 1) % len(sample.options)]
+    fact = f"The picture seems to describe a {wrong}. It is a {wrong}."
+    return dataclasses.replace(sample, meta={**sample.meta, "facts": {wrong: fact}})
 
 
 # Heuristic (model-free) perturbations; attacks have tests of their own.
@@ -32,7 +52,9 @@ YAMLS = list(HEURISTIC)
 
 def target_samples(perturbation: Perturbation) -> list[Sample]:
     """Samples of the category this perturbation is meant for."""
-    return image_heavy_samples(6) if perturbation.touches == "text" else text_heavy_samples(6)
+    if perturbation.touches == "text":
+        return [with_facts(s) for s in image_heavy_samples(6)]
+    return text_heavy_samples(6)
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
@@ -62,9 +84,10 @@ def samples(draw, category):
     n = draw(st.integers(2, 6))
     options = tuple(f"opt{i}" for i in range(n))
     image = make_image(draw(st.integers(0, 10**6)), 8) if category == "image_heavy" else None
-    return Sample(id=draw(st.text("xyz0123456789", min_size=1, max_size=8)),
-                  question=draw(sample_text), options=options,
-                  answer=draw(st.integers(0, n - 1)), category=category, image=image)
+    sample = Sample(id=draw(st.text("xyz0123456789", min_size=1, max_size=8)),
+                    question=draw(sample_text), options=options,
+                    answer=draw(st.integers(0, n - 1)), category=category, image=image)
+    return with_facts(sample) if category == "image_heavy" else sample
 
 
 @pytest.mark.parametrize("category", ["image_heavy", "text_heavy"])
