@@ -36,6 +36,8 @@ SKIP_RULES: tuple[tuple[str, str], ...] = (
     (r"^accelerate launch", "several processes: tests/test_distributed.py runs them"),
     (r"^mibench-train", "minutes of training: tests/test_train.py runs the trainer"),
     (r"^python scripts/", "benchmark and sweep scripts take minutes; not part of the CLI"),
+    (r"^scripts/reproduce_cai2025\.sh", "the GPU recipe; tests/test_official.py runs its "
+                                         "--dry-run on the toy"),
     (r"hydra/launcher=slurm", "needs a SLURM cluster"),
     (r"benchmark=cai2025", "the study's datasets come from the hub (tests/test_datasets.py "
                           "loads local fixtures of each)"),
