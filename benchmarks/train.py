@@ -40,7 +40,7 @@ from .atomic import write_text_atomic
 from .cli import asset_path  # noqa: F401  (registers the mibench_asset resolver)
 from .provenance import public_config, public_model, public_override, shown_path
 from .report import config_hash, git_sha
-from .training_checkpoints import (
+from .training.checkpoints import (
     CHECKPOINTS,
     ResumeConfigError,
     check_resume,
@@ -49,15 +49,15 @@ from .training_checkpoints import (
     save_checkpoint,
     trim_log,
 )
-from .training_data import TrainingStream, check_disjoint
-from .training_objective import LossWeights, batch_loss
-from .training_report import (
+from .training.data import TrainingStream, check_disjoint
+from .training.objective import LossWeights, batch_loss
+from .training.report import (
     ablation_table,
     evaluate_before_after,
     trained_model_config,
     write_model_card,
 )
-from .training_weights import apply_lora, freeze_modules, lr_factor
+from .training.weights import apply_lora, freeze_modules, lr_factor
 
 log = logging.getLogger("mibench.train")
 __all__ = ["ResumeConfigError", "train", "main"]

@@ -39,8 +39,8 @@ from mibench.perturbations.text import MisleadingText
 from mibench.runner import run_benchmark
 from mibench.seeding import rng_for
 from mibench.tasks.shapes import ShapesTask
-from mibench.training_data import Pair
-from mibench.training_objective import LossWeights, batch_loss
+from mibench.training.data import Pair
+from mibench.training.objective import LossWeights, batch_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "numbers.json"

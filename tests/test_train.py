@@ -30,9 +30,9 @@ from mibench.perturbations.text import MisleadingText, UnrelatedText
 from mibench.records import Sample
 from mibench.tasks.shapes import ShapesTask, shapes_vocabulary
 from mibench.train import train
-from mibench.training_data import SplitLeakError, TrainingStream, check_disjoint
-from mibench.training_objective import adversarial_deltas, divergence, place_deltas
-from mibench.training_report import ablation_table
+from mibench.training.data import SplitLeakError, TrainingStream, check_disjoint
+from mibench.training.objective import adversarial_deltas, divergence, place_deltas
+from mibench.training.report import ablation_table
 
 SIZE = toy_builder.ToyModelSize(vision_hidden=32, vision_layers=1, text_hidden=32,
                                 text_layers=1, heads=2, intermediate=64)

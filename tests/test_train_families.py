@@ -14,8 +14,8 @@ from mibench.perturbations.pgd_embed import EmbeddingPGD
 from mibench.perturbations.pgd_mllm import AttackError
 from mibench.perturbations.text import MisleadingText
 from mibench.seeding import rng_for
-from mibench.training_data import Pair
-from mibench.training_objective import LossWeights, batch_loss
+from mibench.training.data import Pair
+from mibench.training.objective import LossWeights, batch_loss
 
 
 def study_pairs(sizes) -> list[Pair]:

@@ -25,9 +25,9 @@ from torch import Tensor
 from mibench.models.base import DifferentiableAdapter, option_log_probs
 from mibench.perturbations.pgd_embed import EmbeddingPGD
 from mibench.records import Sample
+from mibench.seeding import stable_seed
 
-from .seeding import stable_seed
-from .training_data import Pair
+from .data import Pair
 
 DIVERGENCES = ("js", "kl")
 

@@ -14,11 +14,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .atomic import write_text_atomic
-from .compare import compare_runs, format_report, load_run
-from .metrics_file import metrics_of
-from .provenance import hub_id, shown_path
-from .runner import CLEAN
+from mibench.atomic import write_text_atomic
+from mibench.compare import compare_runs, format_report, load_run
+from mibench.metrics_file import metrics_of
+from mibench.provenance import hub_id, shown_path
+from mibench.runner import CLEAN
 
 CARD_FILE = "README.md"
 
@@ -48,7 +48,7 @@ def trained_model_config(cfg: DictConfig, out_dir: Path) -> dict:
 
 def evaluate_before_after(cfg: DictConfig, eval_root: Path, out_dir: Path) -> dict | None:
     """Score base and trained model (every process takes part; the main one returns)."""
-    from .cli import run
+    from mibench.cli import run
 
     documents = {}
     for label, model in (("base", _plain(cfg, "model")),

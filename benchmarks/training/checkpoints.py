@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_text_atomic
-from .errors import MibenchError
-from .store import differences
+from mibench.atomic import write_text_atomic
+from mibench.errors import MibenchError
+from mibench.store import differences
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"

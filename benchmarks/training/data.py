@@ -15,13 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mibench.errors import MibenchError
 from mibench.perturbations.base import Perturbation
 from mibench.records import RELEVANT_MODALITIES, Sample
+from mibench.runner import check_untouched
+from mibench.seeding import rng_for
 from mibench.tasks.base import Task
-
-from .errors import MibenchError
-from .runner import check_untouched
-from .seeding import rng_for
 
 SALT = "train"
 
