@@ -192,10 +192,10 @@ def run(cfg: DictConfig) -> dict | None:
 
     from . import distributed
     from .loggers import NullLogger
-    from .metrics_file import metrics_of
     from .plots import accuracy_bars
     from .progress import is_terminal, quiet_library_bars
     from .report import format_table, metrics_document, write_metrics
+    from .results.metrics_file import metrics_of
     from .runner import run_benchmark
     from .scoring import chance_accuracy
     from .store import RECORDS_FILE, read_records
@@ -288,12 +288,12 @@ def benchmark_app(cfg: DictConfig) -> None:
 
 # `mibench NAME args...`: plain tools beside the Hydra app, as "module:function(argv)".
 SUBCOMMANDS: dict[str, str] = {
-    "submit": "mibench.submission:submit_main",
-    "validate": "mibench.submission:validate_main",
-    "leaderboard": "mibench.leaderboard:leaderboard_main",
-    "compare": "mibench.compare:compare_main",
+    "submit": "mibench.results.submission:submit_main",
+    "validate": "mibench.results.submission:validate_main",
+    "leaderboard": "mibench.results.leaderboard:leaderboard_main",
+    "compare": "mibench.results.compare:compare_main",
     "models": "mibench.models.catalog:main",
-    "tables": "mibench.tables:main",
+    "tables": "mibench.results.tables:main",
     "show": "mibench.show:show_main",
     "diagnose": "mibench.diagnose_cli:diagnose_main",
     "lures": "mibench.lures:lures_main",

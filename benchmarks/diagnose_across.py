@@ -19,8 +19,8 @@ from .atomic import write_text_atomic
 from .bounded_json import read_json_file
 from .diagnose import DIAGNOSTICS_FILE, DiagnoseError
 from .diagnostics import spearman
-from .metrics_file import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
 from .records import CLEAN
+from .results.metrics_file import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
 
 GAPS = ("gap_l2", "gap_l2_unit", "gap_cosine")
 CORRELATION_FILE = "correlation"

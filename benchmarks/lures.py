@@ -33,9 +33,9 @@ from PIL import Image, ImageDraw
 from .atomic import write_text_atomic
 from .bounded_json import read_json_file
 from .errors import MibenchError
-from .metrics_file import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
 from .records import Record, Sample
 from .report import format_estimate
+from .results.metrics_file import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
 from .runner import CLEAN
 from .scoring import Estimate, proportion
 from .seeding import stable_seed

@@ -11,7 +11,7 @@ from typing import Any
 from mibench import __version__
 
 from .atomic import write_text_atomic
-from .metrics_file import METRICS_FILE
+from .results.metrics_file import METRICS_FILE
 from .runner import CLEAN, BenchmarkResult
 
 SCHEMA_VERSION = 1

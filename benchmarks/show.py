@@ -20,8 +20,8 @@ from .audit import plain_meta, read_prompts
 from .bounded_json import read_json_file
 from .errors import MibenchError
 from .images import ImageRef
-from .metrics_file import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
 from .records import CLEAN, OPTION_LETTERS, Record, Sample
+from .results.metrics_file import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
 from .seeding import rng_for, stable_seed
 from .store import RECORDS_FILE, SHARDS_DIR, read_records
 
@@ -79,8 +79,8 @@ def rebuild(run: Path, records: Sequence[Record], out: Path, data_root: str | No
     metrics_file = run / METRICS_FILE
     if not metrics_file.is_file():
         return [Shown(r) for r in records], f"no {METRICS_FILE} yet: images not rebuilt"
-    from .submission_io import SubmissionError
-    from .submission_validate import build_plugins_from_config
+    from .results.submission_io import SubmissionError
+    from .results.submission_validate import build_plugins_from_config
 
     document = read_json_file(metrics_file, MAX_METRICS_BYTES, MAX_METRICS_DEPTH, strict=False)
     task_name, sample_id = records[0].task, records[0].sample_id

@@ -37,8 +37,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .errors import MibenchError
-from .metrics_file import read_metrics
 from .records import Record
+from .results.metrics_file import read_metrics
 from .store import RECORDS_FILE, read_records
 
 PAGE = "docs/index.html L390-419 (project page text)"

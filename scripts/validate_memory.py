@@ -25,7 +25,7 @@ EXPANDED = 1 << 30  # each hostile records file decompresses to 1 GiB
 ENTRIES = {
     "mibench validate": [sys.executable, "-m", "mibench.cli", "validate"],
     "validate_main (library)": [sys.executable, "-c",
-                                "import sys; from mibench.submission import validate_main; "
+                                "import sys; from mibench.results.submission import validate_main; "
                                 "sys.exit(validate_main(sys.argv[1:]))"],
 }
 

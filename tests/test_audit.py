@@ -16,11 +16,11 @@ from mibench.perturbations.image import SwitchedImage
 from mibench.perturbations.pgd_embed import EmbeddingPGD
 from mibench.perturbations.text import MisleadingText, UnrelatedText
 from mibench.records import Audit, Record
+from mibench.results.submission import submit_main
+from mibench.results.submission_io import schema_problems
 from mibench.runner import run_benchmark
 from mibench.seeding import rng_for
 from mibench.show import show_main
-from mibench.submission import submit_main
-from mibench.submission_io import schema_problems
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

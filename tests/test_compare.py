@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from test_submission import benchmark_run, other_checkpoint
 
-from mibench.compare import (
+from mibench.results.compare import (
     IncomparableRunsError,
     compare_main,
     compare_runs,
     format_report,
     load_run,
 )
-from mibench.stats import holm, mcnemar_exact, mcnemar_from_counts, paired_difference
-from mibench.submission import build_submission, write_submission
+from mibench.results.stats import holm, mcnemar_exact, mcnemar_from_counts, paired_difference
+from mibench.results.submission import build_submission, write_submission
 
 
 # -- McNemar -------------------------------------------------------------------------------

@@ -49,9 +49,9 @@ from mibench.prompts import (
     question_template,
 )
 from mibench.records import Sample
+from mibench.results.tables import load_runs, render_tables
 from mibench.runner import run_benchmark
 from mibench.store import ResumeMismatchError
-from mibench.tables import load_runs, render_tables
 from mibench.tasks.classification import mc_options
 from mibench.tasks.hf_dataset import DataError, DatasetLoadError
 from mibench.tasks.sampling import allocate, stratified_indices

@@ -23,7 +23,7 @@ from test_submission import benchmark_run
 
 from mibench.config_guard import EXTRA_NESTED
 from mibench.registry import registry
-from mibench.submission import (
+from mibench.results.submission import (
     RECORDS_GZ,
     SUBMISSION_FILE,
     SubmissionError,
@@ -118,7 +118,7 @@ def test_the_corpus_is_live_without_the_guard(tmp_path):
     from hydra.utils import instantiate
 
     for i, target in enumerate(("mibench.cli.Path.write_text",
-                                "mibench.submission_validate.shutil.copyfile")):
+                                "mibench.results.submission_validate.shutil.copyfile")):
         instantiate(payload(target, tmp_path, i))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case-0", "case-1"]
     assert (tmp_path / "case-0").read_text() == "pwned"
@@ -128,7 +128,7 @@ def test_every_dotted_path_through_every_mibench_module_is_refused(base, canary,
     document, folder = base
     paths = dotted_paths()
     modules = {p.rsplit(".", 1)[0] for p in paths}
-    assert len(paths) > 300 and {"mibench.cli", "mibench.submission_io",
+    assert len(paths) > 300 and {"mibench.cli", "mibench.results.submission_io",
                                  "mibench.models.hf", "mibench.tasks.shapes"} <= modules
     work = tmp_path / "sub"
     work.mkdir()

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from test_submission import benchmark_run, other_checkpoint
 
 from mibench import scoring
-from mibench.leaderboard import (
+from mibench.records import Record
+from mibench.results.leaderboard import (
     build,
     entry_for,
     leaderboard_main,
@@ -25,8 +26,7 @@ from mibench.leaderboard import (
     md,
     rank,
 )
-from mibench.records import Record
-from mibench.submission import (
+from mibench.results.submission import (
     RECORDS_GZ,
     Submission,
     build_submission,

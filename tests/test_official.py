@@ -60,6 +60,8 @@ from mibench.prompt_styles import (
 from mibench.prompts import ANSWER_INSTRUCTION, chat_messages, format_prompt
 from mibench.records import Sample
 from mibench.report import format_table
+from mibench.results.tables import main as tables_main
+from mibench.results.tables import render_study_tables
 from mibench.runner import run_benchmark
 from mibench.seeding import rng_for
 from mibench.study_release import (
@@ -71,8 +73,6 @@ from mibench.study_release import (
     sha256_text,
 )
 from mibench.study_report import Outcome, compare, format_comparison, study_accuracies
-from mibench.tables import main as tables_main
-from mibench.tables import render_study_tables
 from mibench.tasks.hf_dataset import DataError, DatasetLoadError
 from mibench.tasks.study_data import hub_patterns
 
@@ -705,7 +705,7 @@ def test_the_command_line_chooses_another_scorer(tmp_path):
 
 
 def load_runs_of(*dirs: Path):
-    from mibench.tables import load_runs
+    from mibench.results.tables import load_runs
 
     return load_runs(list(dirs))
 

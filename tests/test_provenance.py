@@ -17,8 +17,8 @@ from test_submission import benchmark_run
 
 from mibench.digests import cache_dir, checkpoint_digest, file_sha256, folder_digest
 from mibench.models.hf import HFModelAdapter
+from mibench.results.submission import SubmissionError, build_submission, write_submission
 from mibench.store import ResumeMismatchError
-from mibench.submission import SubmissionError, build_submission, write_submission
 
 
 def change_weights(checkpoint: Path) -> None:

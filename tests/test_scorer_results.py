@@ -9,9 +9,9 @@ import json
 import pytest
 from test_submission import benchmark_run
 
-from mibench.compare import IncomparableRunsError, compare_runs, load_run
-from mibench.leaderboard import build
-from mibench.submission import (
+from mibench.results.compare import IncomparableRunsError, compare_runs, load_run
+from mibench.results.leaderboard import build
+from mibench.results.submission import (
     SubmissionError,
     build_submission,
     records_digest,

@@ -17,9 +17,9 @@ from mibench.models.hf import HFModelAdapter
 from mibench.perturbations.text import MisleadingText
 from mibench.records import Audit, Record
 from mibench.report import metrics_document, write_metrics
+from mibench.results.subgroups import OTHER, format_split, split_run
+from mibench.results.tables import main as tables_main
 from mibench.runner import run_benchmark
-from mibench.subgroups import OTHER, format_split, split_run
-from mibench.tables import main as tables_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 
 from mibench.cli import run
 from mibench.models import toy_builder
-from mibench.submission import (
+from mibench.results.submission import (
     RECORDS_GZ,
     SUBMISSION_FILE,
     SubmissionError,
@@ -247,7 +247,7 @@ def test_validate_cli_reports_every_reason(submission, capsys):
 def test_the_shipped_schema_is_a_valid_json_schema():
     import jsonschema
 
-    from mibench.submission import schema
+    from mibench.results.submission import schema
 
     jsonschema.Draft202012Validator.check_schema(schema())
     assert schema()["properties"]["submission_version"] == {"const": 1}

@@ -9,11 +9,10 @@ import pytest
 from PIL import Image
 
 from mibench import scoring
-from mibench.metrics_file import MetricsFileError
 from mibench.records import Record
 from mibench.report import metrics_document, write_metrics
-from mibench.runner import BenchmarkResult
-from mibench.tables import (
+from mibench.results.metrics_file import MetricsFileError
+from mibench.results.tables import (
     TablesInputError,
     category_table,
     columns,
@@ -21,6 +20,7 @@ from mibench.tables import (
     main,
     render_tables,
 )
+from mibench.runner import BenchmarkResult
 
 CELL = re.compile(r"(-?[\d.]+) \[(-?[\d.]+), (-?[\d.]+)\]")
 TASKS = {"mini_imagenet": "image_heavy", "mmlu": "text_heavy", "scienceqa": "vqa"}

@@ -15,9 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mibench.atomic import write_text_atomic
-from mibench.compare import compare_runs, format_report, load_run
-from mibench.metrics_file import metrics_of
 from mibench.provenance import hub_id, shown_path
+from mibench.results.compare import compare_runs, format_report, load_run
+from mibench.results.metrics_file import metrics_of
 from mibench.runner import CLEAN
 
 CARD_FILE = "README.md"

@@ -17,19 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from mibench import __version__
+from mibench import __version__, scoring
+from mibench.answer_parsing import FAILURES
+from mibench.config_guard import UntrustedConfigError, build_guarded
+from mibench.prompts import ANSWER_INSTRUCTION
+from mibench.provenance import hub_id
+from mibench.records import Record
+from mibench.registry import plugin_class
+from mibench.report import SCHEMA_VERSION, config_hash
+from mibench.runner import CLEAN, applies_to
+from mibench.scorers import GenerateScorer, LikelihoodScorer, scorer_of
+from mibench.store import without_data
 
-from . import scoring
-from .answer_parsing import FAILURES
-from .config_guard import UntrustedConfigError, build_guarded
-from .prompts import ANSWER_INSTRUCTION
-from .provenance import hub_id
-from .records import Record
-from .registry import plugin_class
-from .report import SCHEMA_VERSION, config_hash
-from .runner import CLEAN, applies_to
-from .scorers import GenerateScorer, LikelihoodScorer, scorer_of
-from .store import without_data
 from .submission_io import (
     RECORDS_GZ,
     SUBMISSION_FILE,
@@ -53,7 +52,7 @@ def build_plugins_from_config(config: Any, source: str, data_root: str | None = 
                               ) -> tuple[dict, dict]:
     """The tasks and conditions a run's config builds, exactly as `mibench` built them, from
     the config guard's rebuilt copy only (allowlisted plug-ins, checked and bounded values)."""
-    from .cli import build_plugins
+    from mibench.cli import build_plugins
 
     try:
         return build_guarded(config, build_plugins, data_root)

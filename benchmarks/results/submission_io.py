@@ -22,10 +22,10 @@ from typing import Any
 
 import jsonschema
 
-from .bounded_json import UnreadableJSONError, gzip_lines, loads, read_bounded
-from .config_guard import UntrustedConfigError, guard_run_config, samples_bound
-from .errors import MibenchError
-from .records import Record
+from mibench.bounded_json import UnreadableJSONError, gzip_lines, loads, read_bounded
+from mibench.config_guard import UntrustedConfigError, guard_run_config, samples_bound
+from mibench.errors import MibenchError
+from mibench.records import Record
 
 SUBMISSION_FILE = "submission.json"
 RECORDS_GZ = "records.jsonl.gz"

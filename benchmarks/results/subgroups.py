@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import scoring
-from .atomic import write_text_atomic
-from .records import CLEAN, Record
-from .report import format_estimate
+from mibench import scoring
+from mibench.atomic import write_text_atomic
+from mibench.records import CLEAN, Record
+from mibench.report import format_estimate
 
 OTHER = "other"
 MISSING = "(missing)"

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .digests import checkpoint_digest
+from mibench.digests import checkpoint_digest
+from mibench.provenance import hub_id, public_config, public_model
+from mibench.report import config_hash
+from mibench.scorers import scorer_of
+from mibench.store import RECORDS_FILE
+
 from .metrics_file import METRICS_FILE, read_metrics
-from .provenance import hub_id, public_config, public_model
-from .report import config_hash
-from .scorers import scorer_of
-from .store import RECORDS_FILE
 from .submission_io import (
     RECORDS_FORMAT,
     RECORDS_GZ,

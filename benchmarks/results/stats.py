@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .scoring import Estimate, mean
+from mibench.scoring import Estimate, mean
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,9 @@ import re
 
 import numpy as np
 
+from mibench.report import format_estimate
+
 from .leaderboard import SCORE_DEFINITION, Entry, benchmark_title, ranking_rows
-from .report import format_estimate
 
 
 # -- plots ---------------------------------------------------------------------------------

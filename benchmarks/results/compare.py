@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MibenchError
+from mibench.errors import MibenchError
+from mibench.records import Record
+from mibench.runner import CLEAN
+from mibench.scorers import scorer_of
+from mibench.scoring import Estimate
+from mibench.store import RECORDS_FILE
+
 from .metrics_file import METRICS_FILE, read_metrics
-from .records import Record
-from .runner import CLEAN
-from .scorers import scorer_of
-from .scoring import Estimate
 from .stats import McNemar, holm, mcnemar_exact, paired_difference
-from .store import RECORDS_FILE
 from .submission import SUBMISSION_FILE, load_submission, read_records_jsonl
 
 ALPHA = 0.05

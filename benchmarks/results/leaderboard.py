@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import scoring
-from .registry import registry
-from .report import config_hash, format_table
-from .runner import CLEAN
-from .scorers import scorer_of
+from mibench import scoring
+from mibench.registry import registry
+from mibench.report import config_hash, format_table
+from mibench.runner import CLEAN
+from mibench.scorers import scorer_of
+
 from .submission import SUBMISSION_FILE, Submission, SubmissionError, load_submission
 
 MARKDOWN_FILE = "LEADERBOARD.md"

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mibench.bounded_json import read_json_file
+from mibench.errors import MibenchError
 from mibench.records import CLEAN
-
-from .bounded_json import read_json_file
-from .errors import MibenchError
 
 METRICS_FILE = "metrics.json"
 # The full cai2025 grid's metrics.json is well under 1 MiB and nests about 8 levels.

@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MibenchError
+from mibench.errors import MibenchError
+from mibench.report import format_estimate
+
 from .metrics_file import RunMetrics, read_metrics
-from .report import format_estimate
 from .subgroups import MIN_N, SubgroupError, write_split
 
 CATEGORY_TITLES = {"image_heavy": "Image-heavy", "text_heavy": "Text-heavy", "vqa": "VQA"}
