@@ -39,7 +39,7 @@ __all__ = ["RECORDS_GZ", "SUBMISSION_FILE", "Submission", "SubmissionError",
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(f"mibench.{_LAZY[name]}"), name)
+        return getattr(importlib.import_module(f"{__package__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
