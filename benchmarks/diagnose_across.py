@@ -20,7 +20,7 @@ from .bounded_json import read_json_file
 from .diagnose import DIAGNOSTICS_FILE, DiagnoseError
 from .diagnostics import spearman
 from .records import CLEAN
-from .results.metrics_file import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
+from .results.metrics_file import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE, read_metrics
 
 GAPS = ("gap_l2", "gap_l2_unit", "gap_cosine")
 CORRELATION_FILE = "correlation"
@@ -46,8 +46,8 @@ def load_diagnosed(paths: Sequence[str | Path]) -> list[Diagnosed]:
         if missing:
             raise DiagnoseError(f"{path}: no {' or '.join(missing)} (run `mibench` and "
                                 "`mibench diagnose` with the same overrides, or --out there)")
-        metrics, diagnostics = (read_json_file(f, MAX_METRICS_BYTES, MAX_METRICS_DEPTH,
-                                               strict=False) for f in files)
+        metrics = read_metrics(files[0]).document
+        diagnostics = read_json_file(files[1], MAX_METRICS_BYTES, MAX_METRICS_DEPTH, strict=False)
         found.append((path, metrics, diagnostics))
     names = [str(m.get("model", {}).get("name") or p.name) for p, m, _ in found]
     return [Diagnosed(f"{name} ({p.name})" if names.count(name) > 1 else name, p, m, d)

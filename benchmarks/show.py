@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .audit import plain_meta, read_prompts
-from .bounded_json import read_json_file
 from .errors import MibenchError
 from .images import ImageRef
 from .records import CLEAN, OPTION_LETTERS, Record, Sample
-from .results.metrics_file import MAX_METRICS_BYTES, MAX_METRICS_DEPTH, METRICS_FILE
+from .results.metrics_file import METRICS_FILE, read_metrics
 from .seeding import rng_for, stable_seed
 from .store import RECORDS_FILE, SHARDS_DIR, read_records
 
@@ -82,7 +81,7 @@ def rebuild(run: Path, records: Sequence[Record], out: Path, data_root: str | No
     from .results.submission_io import SubmissionError
     from .results.submission_validate import build_plugins_from_config
 
-    document = read_json_file(metrics_file, MAX_METRICS_BYTES, MAX_METRICS_DEPTH, strict=False)
+    document = read_metrics(metrics_file).document
     task_name, sample_id = records[0].task, records[0].sample_id
     try:
         tasks, conditions = build_plugins_from_config(document.get("config", {}),
