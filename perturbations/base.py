@@ -70,18 +70,13 @@ class Attack(ABC):
         if it has one (the default has none). What the audit trail records as shown."""
         return list(samples)
 
-    def score(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
-              ) -> tuple[list[np.ndarray], list[int | None]]:
-        """`attack` and `lures` together; an attack that perturbs its samples before searching
-        (a base perturbation) overrides it to do that once for both."""
-        return self.attack(model, samples, seeds), self.lures(samples, seeds)
-
     def score_shown(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
                     ) -> tuple[list[np.ndarray], list[int | None], list[Sample]]:
-        """`score`, and the samples as the model was shown them (the audit trail's). An
-        attack that perturbs its samples itself returns those, made once for both."""
-        probs, lures = self.score(model, samples, seeds)
-        return probs, lures, self.apply_base(samples, seeds)
+        """`attack`, `lures` and the samples as the model was shown them (the audit trail's)
+        together; an attack that perturbs its samples itself (a base perturbation, an image
+        it makes) overrides it to do that once for all three."""
+        return (self.attack(model, samples, seeds), self.lures(samples, seeds),
+                self.apply_base(samples, seeds))
 
     def describe(self) -> dict:
         return Perturbation.describe(self)  # type: ignore[arg-type]

@@ -281,11 +281,6 @@ class InvertedLure(Attack):
     def lures(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[int | None]:
         return [target_option(s, int(seed), self.target) for s, seed in zip(samples, seeds)]
 
-    def score(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
-              ) -> tuple[list[np.ndarray], list[int | None]]:
-        outcome = self.run(model, samples, seeds)
-        return outcome.probs, list(outcome.targets)
-
     def score_shown(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
                     ) -> tuple[list[np.ndarray], list[int | None], list[Sample]]:
         outcome = self.run(model, samples, seeds)  # its samples carry the lure images

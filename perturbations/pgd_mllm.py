@@ -112,11 +112,6 @@ class MLLMAttack(Attack):
                ) -> list[np.ndarray]:
         return self.run(model, samples, seeds).probs
 
-    def score(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
-              ) -> tuple[list[np.ndarray], list[int | None]]:
-        outcome = self.run(model, samples, seeds)
-        return outcome.probs, outcome.lures
-
     def score_shown(self, model: Any, samples: Sequence[Sample], seeds: Sequence[int]
                     ) -> tuple[list[np.ndarray], list[int | None], list[Sample]]:
         outcome = self.run(model, samples, seeds)  # its samples carry the base perturbation
